@@ -1,0 +1,220 @@
+"""msgpack encoding of dataset values, with exact round trips.
+
+Supported: None, bool, int (any size: beyond 64 bits as an ext), float,
+complex, str, bytes, list, tuple (kept distinct from list), dict, numpy arrays
+(dtype, shape and value exact) and numpy scalars (dtype exact).  Anything else
+raises ``TypeError`` at write time: values are never silently stringified.
+
+Decoding never executes code and never builds objects other than the ones
+above.  Damaged input raises :class:`DecodeError` (a ``ValueError``), which
+the reader turns into a diagnostic.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+import numpy as np
+
+EXT_NDARRAY = 1
+EXT_NPSCALAR = 2
+EXT_TUPLE = 3
+EXT_COMPLEX = 4
+EXT_BIGINT = 5
+
+_COMPLEX = struct.Struct("<dd")
+#: Largest big-int ext accepted on decode (bytes of two's complement).
+MAX_BIGINT_BYTES = 4096
+#: How deep tuples (each an ext) may nest before decoding refuses.
+MAX_EXT_DEPTH = 64
+#: numpy dtype kinds whose bytes are self-describing given ``dtype.str``.
+_PLAIN_KINDS = frozenset("biufcSUmM")
+
+
+class DecodeError(ValueError):
+    """The bytes are not a valid encoding of a supported value."""
+
+
+def _check_dtype(dtype: np.dtype) -> None:
+    if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None \
+            or dtype.subdtype is not None:
+        raise TypeError(
+            f"cannot journal numpy dtype {dtype!r}: only bool, integer, "
+            "float, complex, bytes (S), str (U) and datetime dtypes are "
+            "supported")
+
+
+def _default(obj: Any) -> msgpack.ExtType:
+    # Called by msgpack for everything it does not pack natively.  With
+    # strict_types=True that includes tuples and subclasses such as
+    # numpy.float64 (a float subclass), so their exact type survives.
+    if isinstance(obj, np.ndarray):
+        _check_dtype(obj.dtype)
+        head = _PACK_PLAIN([obj.dtype.str, list(obj.shape)])
+        body = np.ascontiguousarray(obj).tobytes()
+        return msgpack.ExtType(EXT_NDARRAY, head + body)
+    if isinstance(obj, np.generic):
+        _check_dtype(obj.dtype)
+        return msgpack.ExtType(EXT_NPSCALAR,
+                               _PACK_PLAIN([obj.dtype.str, obj.tobytes()]))
+    if type(obj) is tuple:
+        return msgpack.ExtType(EXT_TUPLE, pack(list(obj)))
+    if type(obj) is complex:
+        return msgpack.ExtType(EXT_COMPLEX, _COMPLEX.pack(obj.real, obj.imag))
+    if type(obj) is int:
+        # Only reached for ints msgpack cannot hold in 64 bits.
+        length = (obj.bit_length() + 8) // 8
+        return msgpack.ExtType(EXT_BIGINT,
+                               obj.to_bytes(length, "little", signed=True))
+    if isinstance(obj, (bool, int, float, str, bytes, list, dict, tuple)):
+        # Subclasses of builtins (IntEnum, OrderedDict, namedtuple, ...):
+        # refuse rather than lose their type silently.
+        raise TypeError(
+            f"cannot journal value of type {type(obj).__qualname__}: "
+            "subclasses of built-in types are not supported; convert to the "
+            "plain built-in type first")
+    raise TypeError(
+        f"cannot journal value of type {type(obj).__module__}."
+        f"{type(obj).__qualname__}: supported are None, bool, int, float, "
+        "complex, str, bytes, list, tuple, dict and numpy arrays/scalars")
+
+
+def make_packer() -> msgpack.Packer:
+    """A packer for journal payloads; reuse one per writer (it is not
+    thread-safe)."""
+    return msgpack.Packer(default=_default, strict_types=True,
+                          use_bin_type=True, datetime=False)
+
+
+_PLAIN_PACKER = msgpack.Packer(use_bin_type=True, strict_types=False)
+_PACK_PLAIN = _PLAIN_PACKER.pack
+
+
+def pack(obj: Any) -> bytes:
+    """Encode ``obj``; raises ``TypeError`` for unsupported values."""
+    return make_packer().pack(obj)
+
+
+class _Decoder:
+    """ext_hook with a depth counter so nested tuples cannot exhaust the
+    Python stack."""
+
+    __slots__ = ("depth", "max_bin")
+
+    def __init__(self, max_bin: int) -> None:
+        self.depth = 0
+        self.max_bin = max_bin
+
+    def __call__(self, code: int, data: bytes) -> Any:
+        try:
+            if code == EXT_NDARRAY:
+                return _decode_ndarray(data)
+            if code == EXT_NPSCALAR:
+                dtype_str, raw = _unpack_plain(data, 2)
+                dtype = _dtype(dtype_str)
+                if not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
+                    raise DecodeError("numpy scalar size mismatch")
+                return np.frombuffer(raw, dtype=dtype)[0]
+            if code == EXT_TUPLE:
+                if self.depth >= MAX_EXT_DEPTH:
+                    raise DecodeError("tuples nested too deeply")
+                self.depth += 1
+                try:
+                    items = _unpackb(data, self)
+                finally:
+                    self.depth -= 1
+                if not isinstance(items, list):
+                    raise DecodeError("tuple ext does not hold an array")
+                return tuple(items)
+            if code == EXT_COMPLEX:
+                if len(data) != _COMPLEX.size:
+                    raise DecodeError("complex ext has wrong size")
+                return complex(*_COMPLEX.unpack(data))
+            if code == EXT_BIGINT:
+                if not 0 < len(data) <= MAX_BIGINT_BYTES:
+                    raise DecodeError("big int ext has bad size")
+                return int.from_bytes(data, "little", signed=True)
+        except DecodeError:
+            raise
+        except (ValueError, TypeError, msgpack.UnpackException,
+                RecursionError, MemoryError) as exc:
+            raise DecodeError(f"bad ext type {code}: {exc}") from None
+        raise DecodeError(f"unknown ext type {code}")
+
+
+def _dtype(dtype_str: Any) -> np.dtype:
+    if not isinstance(dtype_str, str) or len(dtype_str) > 32:
+        raise DecodeError("bad dtype field")
+    try:
+        dtype = np.dtype(dtype_str)
+    except TypeError as exc:
+        raise DecodeError(f"bad dtype {dtype_str!r}: {exc}") from None
+    try:
+        _check_dtype(dtype)
+    except TypeError as exc:
+        raise DecodeError(str(exc)) from None
+    return dtype
+
+
+def _unpack_plain(data: bytes, n: int) -> list:
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True,
+                                max_buffer_size=len(data) or 1)
+    unpacker.feed(data)
+    try:
+        fields = unpacker.unpack()
+    except msgpack.OutOfData:
+        raise DecodeError("truncated ext header") from None
+    if not isinstance(fields, list) or len(fields) != n:
+        raise DecodeError("bad ext header")
+    return fields
+
+
+def _decode_ndarray(data: bytes) -> np.ndarray:
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(data) or 1)
+    unpacker.feed(data)
+    try:
+        head = unpacker.unpack()
+    except msgpack.OutOfData:
+        raise DecodeError("truncated array header") from None
+    if not (isinstance(head, list) and len(head) == 2
+            and isinstance(head[1], list)
+            and all(type(d) is int and d >= 0 for d in head[1])
+            and len(head[1]) <= 32):
+        raise DecodeError("bad array header")
+    dtype = _dtype(head[0])
+    shape = tuple(head[1])
+    count = 1
+    for d in shape:
+        count *= d
+    body = memoryview(data)[unpacker.tell():]
+    if count * dtype.itemsize != len(body):
+        raise DecodeError(
+            f"array body is {len(body)} bytes, shape {shape} of {dtype.str} "
+            f"needs {count * dtype.itemsize}")
+    # copy(): the result must own writable memory, independent of the record
+    # buffer, so later mutate() calls on it behave like on the original.
+    return np.frombuffer(body, dtype=dtype, count=count).reshape(shape).copy()
+
+
+def _unpackb(data: bytes, hook: _Decoder) -> Any:
+    return msgpack.unpackb(data, ext_hook=hook, raw=False, use_list=True,
+                           strict_map_key=False,
+                           max_bin_len=hook.max_bin, max_str_len=hook.max_bin,
+                           max_ext_len=hook.max_bin)
+
+
+def unpack(data: bytes, max_bytes: int | None = None) -> Any:
+    """Decode one value.  Raises :class:`DecodeError` on any damage,
+    including trailing bytes, invalid UTF-8 and unhashable map keys."""
+    hook = _Decoder(max_bytes if max_bytes is not None else max(len(data), 1))
+    try:
+        return _unpackb(data, hook)
+    except DecodeError:
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException,
+            RecursionError, MemoryError) as exc:
+        # ExtraData, FormatError, StackError, UnicodeDecodeError and
+        # unhashable keys all end up here.
+        raise DecodeError(f"bad msgpack: {type(exc).__name__}: {exc}") from None

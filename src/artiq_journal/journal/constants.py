@@ -1,0 +1,82 @@
+"""Magic numbers, format version, struct layouts and record types.
+
+This module is the single source of these values; ``docs/FORMAT.md`` documents
+them byte for byte.  All integers on disk are little-endian.
+"""
+
+from __future__ import annotations
+
+import struct
+
+#: Version of the journal directory format (segments and checkpoints).
+FORMAT_VERSION = 1
+
+# --- segment files -----------------------------------------------------------
+
+SEGMENT_MAGIC = b"ARTIQWAL"
+#: magic, version u16, flags u16, segment number u32, first seq u64,
+#: CRC32 of the preceding 24 bytes u32, reserved u32 (zero).
+SEGMENT_HEADER = struct.Struct("<8sHHIQI4x")
+SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size  # 32
+SEGMENT_PREFIX = "segment-"
+SEGMENT_SUFFIX = ".log"
+
+# --- records -------------------------------------------------------------------
+
+#: CRC32 u32 (over the 16 bytes after it AND the payload), payload length u32,
+#: sequence number u64, record type u8, flags u8, reserved u16 (zero).
+RECORD_HEADER = struct.Struct("<IIQBBH")
+RECORD_HEADER_SIZE = RECORD_HEADER.size  # 20
+#: The part of the header the CRC covers, packed on its own on the hot path.
+RECORD_HEADER_TAIL = struct.Struct("<IQBBH")
+CRC_FIELD = struct.Struct("<I")
+
+#: Default cap on one record's payload: a corrupted length can never make a
+#: reader allocate more than this.
+DEFAULT_MAX_RECORD_BYTES = 256 * 1024 * 1024
+#: Default size at which the writer starts a new segment.
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+
+# Record types.  The journal layer itself only interprets CLOSE; the others
+# are ARTIQ dataset operations interpreted by artiq_journal.state.
+REC_RUN_INFO = 1      # {"rid":..., "class_name":..., "expid":..., ...}
+REC_STAGE = 2         # [stage, unix_time]
+REC_SET = 3           # [key, value, metadata, broadcast, persist, archive]
+REC_MUTATE = 4        # [key, index, value]
+REC_APPEND = 5        # [key, value]
+REC_ARCHIVE = 6       # [key, value]   (get(key, archive=True))
+REC_CHECKPOINT = 7    # [user_state]   (a snapshot covering it follows)
+REC_RESUMED_FROM = 8  # {"rid":..., "seq":..., "journal":...}
+REC_CLOSE = 9         # [reason]       (clean close: nothing follows)
+
+RECORD_TYPE_NAMES = {
+    REC_RUN_INFO: "run_info",
+    REC_STAGE: "stage",
+    REC_SET: "set",
+    REC_MUTATE: "mutate",
+    REC_APPEND: "append_to",
+    REC_ARCHIVE: "archive",
+    REC_CHECKPOINT: "checkpoint",
+    REC_RESUMED_FROM: "resumed_from",
+    REC_CLOSE: "close",
+}
+
+# --- checkpoint (snapshot) files -------------------------------------------------
+
+SNAPSHOT_MAGIC = b"ARTIQCKP"
+#: magic, version u16, flags u16, reserved u32, covered seq u64,
+#: payload length u64, CRC32 over the 32 header bytes before the CRC field
+#: AND the payload u32, reserved u32.
+SNAPSHOT_HEADER = struct.Struct("<8sHHIQQI4x")
+SNAPSHOT_HEADER_SIZE = SNAPSHOT_HEADER.size  # 40
+SNAPSHOT_NAME = "checkpoint"
+SNAPSHOT_NEW = "checkpoint.new"
+SNAPSHOT_OLD = "checkpoint.old"
+
+#: Default cap on a checkpoint payload (it is read whole into memory).
+DEFAULT_MAX_SNAPSHOT_BYTES = 8 * 1024 * 1024 * 1024
+
+# --- directory ---------------------------------------------------------------
+
+JOURNAL_SUFFIX = ".journal"
+LOCK_NAME = "lock"

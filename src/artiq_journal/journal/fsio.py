@@ -1,0 +1,41 @@
+"""The file-system calls the journal makes, behind one replaceable object.
+
+The writer and the snapshot code call only these, so a test can substitute a
+recording or fault-injecting layer (power-loss simulation, EIO on fsync,
+ENOSPC on write) without monkeypatching ``os`` for the whole process.  The
+default instance binds the ``os`` functions directly: no wrapper cost on the
+append path.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class FileOps:
+    """Default file operations: the real ``os`` calls."""
+
+    open = staticmethod(os.open)
+    write = staticmethod(os.write)
+    writev = staticmethod(os.writev)
+    fsync = staticmethod(os.fsync)
+    fdatasync = staticmethod(getattr(os, "fdatasync", os.fsync))
+    close = staticmethod(os.close)
+    #: ``os.replace``: atomic rename that overwrites the target on POSIX.
+    rename = staticmethod(os.replace)
+    unlink = staticmethod(os.unlink)
+    ftruncate = staticmethod(os.ftruncate)
+    mkdir = staticmethod(os.mkdir)
+
+    def fsync_dir(self, path: str) -> None:
+        """fsync a directory so that entries created, renamed or removed in
+        it survive power loss (POSIX gives no such promise otherwise)."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            self.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+#: The process-wide default; never mutate it, pass another instance instead.
+OS_FILE_OPS = FileOps()

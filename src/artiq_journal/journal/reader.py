@@ -1,0 +1,331 @@
+"""Stream a journal's records in sequence order, turning damage into
+diagnostics.
+
+Guarantees (see docs/FORMAT.md, "Reading"):
+
+* Never raises on any bytes on disk: every problem becomes a
+  :class:`Diagnostic` in ``reader.diagnostics`` (I/O errors on the journal
+  files included).
+* Memory is bounded by one record (itself bounded by ``max_record_bytes``
+  and by the bytes actually left in the file, so a corrupted length field
+  never allocates more than the file holds).
+* Damage followed by nothing valid is a *torn tail* (normal after a crash).
+  Damage followed by a valid record is *corruption*; the reader scans
+  forward for the next valid record so later data is not silently dropped.
+* Each record carries ``trusted``: True while every sequence number from the
+  start (or the snapshot) is present.  After a gap or an undecodable record
+  later records are still yielded but untrusted; recovery leaves them out.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from . import codec
+from .constants import (DEFAULT_MAX_RECORD_BYTES, RECORD_HEADER,
+                        RECORD_HEADER_SIZE, RECORD_TYPE_NAMES, REC_CLOSE,
+                        SEGMENT_HEADER_SIZE)
+from .framing import (crc32, decode_segment_header, parse_segment_name,
+                      segment_name)
+
+_RESYNC_CHUNK = 1 << 20
+_READ_BUFFER = 1 << 20
+
+
+@dataclass
+class Diagnostic:
+    """One problem found while reading.  ``severity`` is ``"info"`` for a
+    torn tail (expected after a crash) and ``"error"`` otherwise."""
+
+    kind: str
+    path: str
+    offset: int | None
+    message: str
+    severity: str = "error"
+    seq: int | None = None
+
+    def __str__(self) -> str:
+        where = self.path if self.offset is None else f"{self.path}:{self.offset}"
+        return f"{where}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "offset": self.offset,
+                "message": self.message, "severity": self.severity,
+                "seq": self.seq}
+
+
+@dataclass
+class Record:
+    seq: int
+    rtype: int
+    payload: Any
+    segment: str
+    offset: int
+    trusted: bool = True
+
+    @property
+    def type_name(self) -> str:
+        return RECORD_TYPE_NAMES.get(self.rtype, f"type-{self.rtype}")
+
+
+@dataclass
+class Position:
+    """Where a record ends: the next record starts at ``offset`` of segment
+    number ``segment``."""
+
+    segment: int
+    offset: int
+
+
+def list_segments(journal_dir: str) -> list[tuple[int, str]]:
+    """(number, path) of every segment file, in numeric order."""
+    found = []
+    for name in os.listdir(journal_dir):
+        number = parse_segment_name(name)
+        if number is not None:
+            found.append((number, os.path.join(journal_dir, name)))
+    found.sort()
+    return found
+
+
+@dataclass
+class JournalReader:
+    """Iterate over ``JournalReader(path)`` to get :class:`Record` objects.
+
+    ``after_seq``: skip records up to and including this sequence number
+    (they are covered by a snapshot); ``start``: a :class:`Position` to start
+    reading from (the one stored in the snapshot), tried before a full scan.
+    With ``decode=False`` payloads stay raw bytes (CRC still checked).
+    """
+
+    path: str
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    decode: bool = True
+    after_seq: int = 0
+    start: Position | None = None
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    #: Last sequence number of an intact, contiguous record.
+    last_trusted_seq: int = 0
+    #: Where the last trusted record ends (for the writer's torn-tail cut).
+    end: Position | None = None
+    #: True when the last trusted record is a clean-close record.
+    clean_close: bool = False
+    records_read: int = 0
+    damaged: bool = False
+    segments: list[tuple[int, str]] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Record]:
+        self.last_trusted_seq = self.after_seq
+        try:
+            self.segments = list_segments(self.path)
+        except OSError as exc:
+            self._diag("unreadable", self.path, None,
+                       f"cannot list journal directory: {exc.strerror or exc}")
+            return
+        if not self.segments:
+            self._diag("no_segments", self.path, None,
+                       "journal has no segment files", severity="info")
+            return
+        segments = self.segments
+        first_offset = None
+        if self.start is not None:
+            picked = [s for s in segments if s[0] >= self.start.segment]
+            if picked and picked[0][0] == self.start.segment:
+                segments, first_offset = picked, self.start.offset
+        self._trusting = True
+        self._next_seq = self.after_seq + 1
+        last_index = len(segments) - 1
+        for i, (number, seg_path) in enumerate(segments):
+            yield from self._read_segment(
+                number, seg_path, i == last_index,
+                first_offset if i == 0 else None)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _diag(self, kind, path, offset, message, severity="error", seq=None):
+        if severity == "error":
+            self.damaged = True
+        self.diagnostics.append(Diagnostic(kind, os.fspath(path), offset,
+                                           message, severity, seq))
+
+    def _read_segment(self, number, seg_path, is_last, start_offset):
+        name = os.path.basename(seg_path)
+        try:
+            f = open(seg_path, "rb", buffering=_READ_BUFFER)
+        except OSError as exc:
+            self._diag("unreadable", seg_path, None,
+                       f"cannot open segment: {exc.strerror or exc}")
+            self._trusting = False
+            return
+        with f:
+            try:
+                size = os.fstat(f.fileno()).st_size
+                head = f.read(SEGMENT_HEADER_SIZE)
+                try:
+                    header = decode_segment_header(head)
+                except ValueError as exc:
+                    kind = ("unsupported_version"
+                            if str(exc).startswith("unsupported") else
+                            "bad_segment_header")
+                    if not head and is_last:
+                        # Created but header never written: crash right
+                        # after creation.  Nothing was acknowledged in it.
+                        self._diag("torn_tail", seg_path, 0,
+                                   "empty segment (crash during creation)",
+                                   severity="info")
+                        return
+                    self._diag(kind, seg_path, 0, str(exc))
+                    if kind == "unsupported_version":
+                        # Records of a newer format may mean something else:
+                        # read none of them.
+                        self._trusting = False
+                        return
+                    # A damaged segment header loses no record by itself;
+                    # sequence continuity decides what is trusted.
+                    header = None
+                if header is not None and header.number != number:
+                    self._diag("bad_segment_header", seg_path, 0,
+                               f"segment header says number {header.number}, "
+                               f"file name says {number}")
+                offset = SEGMENT_HEADER_SIZE
+                if start_offset is not None and start_offset >= offset:
+                    offset = start_offset
+                yield from self._scan(f, name, seg_path, size, offset, number,
+                                      is_last)
+            except OSError as exc:
+                self._diag("unreadable", seg_path, None,
+                           f"I/O error reading segment: {exc.strerror or exc}")
+                self._trusting = False
+
+    def _scan(self, f, name, seg_path, size, offset, number, is_last):
+        read = f.read
+        seek = f.seek
+        hsize = RECORD_HEADER_SIZE
+        unpack_header = RECORD_HEADER.unpack_from
+        limit = self.max_record_bytes
+        decode = self.decode
+        max_decode = self.max_record_bytes
+        seek(offset)
+        while offset < size:
+            header = read(hsize)
+            problem = None
+            if len(header) < hsize:
+                problem = "incomplete record header"
+            else:
+                crc, length, seq, rtype, flags, reserved = unpack_header(header)
+                if length > limit:
+                    problem = (f"record length {length} exceeds the maximum "
+                               f"{limit}")
+                elif offset + hsize + length > size:
+                    problem = (f"record length {length} runs past the end of "
+                               f"the file ({size - offset - hsize} bytes left)")
+                else:
+                    payload = read(length)
+                    if crc32(payload, crc32(header[4:])) != crc:
+                        problem = f"record CRC mismatch (seq {seq})"
+                    elif flags or reserved:
+                        problem = f"unknown record flags (seq {seq})"
+            if problem is not None:
+                resume_at = self._resync(f, offset + 1, size)
+                if resume_at is None:
+                    if is_last:
+                        self._diag("torn_tail", seg_path, offset,
+                                   f"torn tail: {problem}; "
+                                   f"{size - offset} trailing bytes ignored",
+                                   severity="info")
+                    else:
+                        self._diag("trailing_garbage", seg_path, offset,
+                                   f"{problem}; {size - offset} bytes up to "
+                                   "the end of this segment ignored")
+                    return
+                self._diag("corrupt", seg_path, offset,
+                           f"{problem}; skipped {resume_at - offset} damaged "
+                           f"bytes, resuming at offset {resume_at}")
+                offset = resume_at
+                seek(offset)
+                continue
+            end = offset + hsize + length
+            record = self._accept(seq, rtype, payload, name, seg_path, offset,
+                                  decode, max_decode)
+            if record is not None:
+                if record.trusted:
+                    self.end = Position(number, end)
+                yield record
+            offset = end
+
+    def _accept(self, seq, rtype, payload, name, seg_path, offset, decode,
+                max_decode):
+        if seq < self._next_seq:
+            if seq > self.after_seq:
+                self._diag("duplicate", seg_path, offset,
+                           f"record seq {seq} repeats an earlier sequence "
+                           f"number (expected {self._next_seq}); ignored",
+                           seq=seq)
+            return None
+        if seq > self._next_seq:
+            self._diag("gap", seg_path, offset,
+                       f"sequence gap: expected seq {self._next_seq}, found "
+                       f"{seq}; records {self._next_seq}..{seq - 1} are "
+                       "missing, later records are not trusted", seq=seq)
+            self._trusting = False
+        self._next_seq = seq + 1
+        if decode:
+            try:
+                payload = codec.unpack(payload, max_decode)
+            except ValueError as exc:
+                self._diag("bad_payload", seg_path, offset,
+                           f"record payload cannot be decoded (seq {seq}): "
+                           f"{exc}; later records are not trusted", seq=seq)
+                self._trusting = False
+                return None
+        self.records_read += 1
+        trusted = self._trusting
+        if trusted:
+            self.last_trusted_seq = seq
+            self.clean_close = rtype == REC_CLOSE
+        return Record(seq, rtype, payload, name, offset, trusted)
+
+    def _resync(self, f, start, size):
+        """Offset of the next intact record at or after ``start``, or None.
+
+        A candidate must have a plausible header (sequence number above what
+        we have seen, no flags, length inside the file) before its CRC is
+        computed, so scanning garbage costs little.
+        """
+        hsize = RECORD_HEADER_SIZE
+        unpack_header = RECORD_HEADER.unpack_from
+        limit = self.max_record_bytes
+        min_seq = self._next_seq
+        pos = start
+        while pos + hsize <= size:
+            f.seek(pos)
+            chunk = f.read(min(_RESYNC_CHUNK + hsize, size - pos))
+            last = len(chunk) - hsize
+            for i in range(0, last + 1):
+                crc, length, seq, rtype, flags, reserved = \
+                    unpack_header(chunk, i)
+                if flags or reserved or seq < min_seq or length > limit \
+                        or pos + i + hsize + length > size \
+                        or seq > min_seq + size:
+                    continue
+                if i + hsize + length <= len(chunk):
+                    payload = chunk[i + hsize:i + hsize + length]
+                else:
+                    f.seek(pos + i + hsize)
+                    payload = f.read(length)
+                if crc32(payload, crc32(chunk[i + 4:i + hsize])) == crc:
+                    return pos + i
+            pos += last + 1
+        return None
+
+
+def read_all(path: str, **kwargs) -> tuple[list[Record], JournalReader]:
+    """Convenience: every record plus the reader (for its diagnostics)."""
+    reader = JournalReader(path, **kwargs)
+    return list(reader), reader
+
+
+__all__ = ["Diagnostic", "Record", "Position", "JournalReader", "read_all",
+           "list_segments", "segment_name"]

@@ -1,0 +1,162 @@
+"""Checkpoint (snapshot) files and their atomic rotation.
+
+Protocol (docs/FORMAT.md, "Snapshot rotation"):
+
+1. write ``checkpoint.new`` completely and fsync it;
+2. rename ``checkpoint`` -> ``checkpoint.old`` (if it exists);
+3. rename ``checkpoint.new`` -> ``checkpoint``;
+4. fsync the directory.
+
+The data of ``checkpoint.new`` is durable before any rename, so whichever
+subset of the renames survives a power loss, the directory holds at least
+one complete, valid snapshot.  The loader tries ``checkpoint``, then a
+valid ``checkpoint.new``, then ``checkpoint.old`` and says which it used and
+why.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CorruptSnapshot, JournalFailed, NoSnapshot
+from . import codec
+from .constants import (DEFAULT_MAX_SNAPSHOT_BYTES, FORMAT_VERSION,
+                        SNAPSHOT_HEADER, SNAPSHOT_HEADER_SIZE, SNAPSHOT_MAGIC,
+                        SNAPSHOT_NAME, SNAPSHOT_NEW, SNAPSHOT_OLD)
+from .framing import crc32
+from .fsio import OS_FILE_OPS, FileOps
+
+#: Header bytes covered by the CRC (everything before the CRC field).
+_CRC_COVERED = 32
+
+
+def encode_snapshot(seq: int, payload: bytes) -> bytes:
+    head = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, 0, 0, seq,
+                                len(payload), 0)[:_CRC_COVERED]
+    crc = crc32(payload, crc32(head))
+    return SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, 0, 0, seq,
+                                len(payload), crc) + payload
+
+
+@dataclass
+class Snapshot:
+    seq: int
+    state: Any
+    path: str
+    #: Which file was used (checkpoint, checkpoint.new, checkpoint.old).
+    name: str
+    #: Why this file and not the preferred one ("" when it is ``checkpoint``).
+    reason: str = ""
+    size: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def read_snapshot_file(path: str,
+                       max_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES) -> Snapshot:
+    """Load and verify one snapshot file; raise CorruptSnapshot,
+    UnsupportedVersion-like CorruptSnapshot, or FileNotFoundError."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(SNAPSHOT_HEADER_SIZE)
+        if len(head) < SNAPSHOT_HEADER_SIZE:
+            raise CorruptSnapshot(f"snapshot header truncated ({len(head)} of "
+                                  f"{SNAPSHOT_HEADER_SIZE} bytes)",
+                                  path=path, offset=0)
+        magic, version, flags, _res, seq, length, crc = \
+            SNAPSHOT_HEADER.unpack(head)
+        if magic != SNAPSHOT_MAGIC:
+            raise CorruptSnapshot("bad snapshot magic", path=path, offset=0)
+        if version != FORMAT_VERSION:
+            raise CorruptSnapshot(
+                f"unsupported snapshot format version {version} (this reader "
+                f"knows {FORMAT_VERSION})", path=path, offset=8)
+        if length > max_bytes or SNAPSHOT_HEADER_SIZE + length != size:
+            raise CorruptSnapshot(
+                f"snapshot payload length {length} does not match the file "
+                f"size {size} (incomplete or damaged)", path=path, offset=24)
+        payload = f.read(length)
+    if crc32(payload, crc32(head[:_CRC_COVERED])) != crc:
+        raise CorruptSnapshot("snapshot CRC mismatch", path=path,
+                              offset=SNAPSHOT_HEADER_SIZE)
+    try:
+        state = codec.unpack(payload, max_bytes)
+    except ValueError as exc:
+        raise CorruptSnapshot(f"snapshot payload cannot be decoded: {exc}",
+                              path=path, offset=SNAPSHOT_HEADER_SIZE) from None
+    return Snapshot(seq, state, path, os.path.basename(path), size=size)
+
+
+def load_snapshot(journal_dir: str,
+                  max_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES) -> Snapshot:
+    """The best valid snapshot of a journal directory.
+
+    Order: ``checkpoint``; else a complete, valid ``checkpoint.new`` (a crash
+    between the two renames leaves the newest state there); else
+    ``checkpoint.old``.  Raises NoSnapshot when none is usable; the problems
+    with each candidate are in the message and in ``Snapshot.problems``.
+    """
+    problems: list[str] = []
+    for name in (SNAPSHOT_NAME, SNAPSHOT_NEW, SNAPSHOT_OLD):
+        path = os.path.join(journal_dir, name)
+        try:
+            snap = read_snapshot_file(path, max_bytes)
+        except FileNotFoundError:
+            problems.append(f"{name}: missing")
+            continue
+        except CorruptSnapshot as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        except OSError as exc:
+            problems.append(f"{name}: cannot read: {exc.strerror or exc}")
+            continue
+        snap.problems = problems
+        snap.reason = "; ".join(problems)
+        return snap
+    raise NoSnapshot("no usable snapshot (" + "; ".join(problems) + ")",
+                     path=journal_dir)
+
+
+def write_snapshot(journal_dir: str, seq: int, state: Any, *,
+                   ops: FileOps = OS_FILE_OPS,
+                   sync: bool = True) -> int:
+    """Atomically replace the journal's snapshot with ``state`` covering
+    records up to ``seq``; returns the snapshot file size.
+
+    Durable when it returns (two fsyncs: the file, then the directory) unless
+    ``sync`` is False (tests only).  On any OSError raises JournalFailed and
+    leaves the previous snapshot loadable.
+    """
+    data = encode_snapshot(seq, codec.pack(state))
+    new_path = os.path.join(journal_dir, SNAPSHOT_NEW)
+    cur_path = os.path.join(journal_dir, SNAPSHOT_NAME)
+    old_path = os.path.join(journal_dir, SNAPSHOT_OLD)
+    step = "create"
+    try:
+        fd = ops.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            step = "write"
+            view = memoryview(data)
+            while view:
+                view = view[ops.write(fd, view):]
+            if sync:
+                step = "fsync"
+                # The data must be durable before the renames make it the
+                # current snapshot, or power loss could leave a renamed but
+                # empty file and no older snapshot to fall back on.
+                ops.fsync(fd)
+        finally:
+            ops.close(fd)
+        step = "rename"
+        if os.path.exists(cur_path):
+            ops.rename(cur_path, old_path)
+        ops.rename(new_path, cur_path)
+        if sync:
+            step = "fsync directory"
+            # Renames are only durable once the directory is synced.
+            ops.fsync_dir(journal_dir)
+    except OSError as exc:
+        raise JournalFailed(f"snapshot {step} failed: {exc.strerror or exc}",
+                            path=new_path) from exc
+    return len(data)

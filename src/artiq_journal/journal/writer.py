@@ -1,0 +1,441 @@
+"""The journal writer: append records, rotate segments, write snapshots.
+
+Guarantees (docs/FORMAT.md, "Durability"):
+
+* ``append`` hands the whole framed record to the kernel with ``write``
+  before it returns, under every fsync policy, so a process crash (SIGKILL,
+  segfault, OOM kill) loses nothing that was appended.
+* ``fsync="always"``: ``append`` returns only after ``fdatasync``.
+  ``fsync="group"``: a background thread syncs at most ``group_interval``
+  seconds after a record was written; ``durable_seq`` says how far.
+  ``fsync="never"``: only close and snapshots sync.
+* Fail-stop: the first failed write or fsync raises :class:`JournalFailed`
+  (naming the file) and every later append raises it again.  fsync is never
+  retried on the same data: after a failed fsync Linux may already have
+  dropped the dirty pages, and a retry would report success for lost data.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+from ..errors import (CorruptRecord, JournalClosed, JournalError,
+                      JournalFailed, NotAJournal, RecordTooLarge,
+                      UnsupportedVersion)
+from . import codec, lock as journal_lock, snapshot as snapshots
+from .constants import (CRC_FIELD, DEFAULT_MAX_RECORD_BYTES,
+                        DEFAULT_SEGMENT_BYTES, RECORD_HEADER_TAIL, REC_CLOSE,
+                        SEGMENT_HEADER_SIZE)
+from .framing import (crc32, decode_segment_header, encode_segment_header,
+                      segment_name)
+from .fsio import OS_FILE_OPS, FileOps
+from .reader import JournalReader, Position, list_segments
+
+FSYNC_POLICIES = ("always", "group", "never")
+#: Default group-commit window: a record is durable at most this long after
+#: ``append`` returned (plus the time the fsync itself takes).
+DEFAULT_GROUP_INTERVAL = 0.005
+
+_live_writers: "weakref.WeakSet[JournalWriter]" = weakref.WeakSet()
+
+
+def _disable_in_child() -> None:
+    # A forked child shares the parent's file descriptors; two processes
+    # appending to one segment would interleave records.  The child's copy
+    # of every writer refuses appends (without touching the shared fd).
+    for writer in list(_live_writers):
+        writer._broken = JournalFailed(
+            "journal writer cannot be used in a forked child process",
+            path=writer.path)
+        writer._fd = None
+        writer._lock = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disable_in_child)
+
+
+class JournalWriter:
+    """Append-only writer for one journal directory.
+
+    Creates the directory (and its parent) if needed.  Opening an existing
+    journal truncates a torn tail and continues the sequence; a journal with
+    damage before its tail is refused (CorruptRecord) rather than appended to.
+    Holds the directory's lock until :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, fsync: str = "group",
+                 group_interval: float = DEFAULT_GROUP_INTERVAL,
+                 segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                 ops: FileOps = OS_FILE_OPS) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, "
+                             f"not {fsync!r}")
+        self.path = os.path.abspath(os.fspath(path))
+        self.fsync_policy = fsync
+        self.group_interval = group_interval
+        self.segment_bytes = segment_bytes
+        self.max_record_bytes = max_record_bytes
+        self.ops = ops
+        self._broken: JournalError | None = None
+        #: Seq covered by the snapshot that the next rotation turns into
+        #: checkpoint.old (None: unknown, so delete nothing).
+        self._snapshot_seq: int | None = None
+        self._fd: int | None = None
+        self._lock = None
+        self._seq = 0
+        self._durable_seq = 0
+        self._segment = 0
+        self._offset = 0
+        self._sync_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Hot-path bindings: attribute lookups saved on every append.
+        self._pack = codec.make_packer().pack
+        self._tail_pack = RECORD_HEADER_TAIL.pack
+        self._write = ops.write
+        self._always = fsync == "always"
+
+        self._ensure_dir()
+        self._lock = journal_lock.acquire(self.path)
+        try:
+            self._open_tail()
+        except BaseException:
+            self._release_lock()
+            raise
+        _live_writers.add(self)
+        if fsync == "group":
+            self._thread = threading.Thread(
+                target=self._group_commit_loop, daemon=True,
+                name=f"artiq-journal group commit {self.path}")
+            self._thread.start()
+
+    # -- opening ---------------------------------------------------------------
+
+    def _ensure_dir(self) -> None:
+        if os.path.isdir(self.path):
+            return
+        if os.path.exists(self.path):
+            raise NotAJournal("exists and is not a directory", path=self.path)
+        parent = os.path.dirname(self.path)
+        os.makedirs(parent, exist_ok=True)
+        try:
+            self.ops.mkdir(self.path)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise JournalFailed(f"cannot create journal directory: "
+                                f"{exc.strerror or exc}", path=self.path) from exc
+        # The new directory's entry lives in the parent: sync it, or a power
+        # loss could forget the whole journal.
+        self._sync_dir(parent)
+
+    def _open_tail(self) -> None:
+        reader = JournalReader(self.path, decode=False,
+                               max_record_bytes=self.max_record_bytes)
+        last = None
+        for last in reader:
+            pass
+        errors = [d for d in reader.diagnostics if d.severity == "error"]
+        for d in errors:
+            if d.kind == "unsupported_version":
+                raise UnsupportedVersion(d.message, path=d.path, offset=d.offset)
+        if errors:
+            raise CorruptRecord(
+                "journal is damaged before its end; refusing to append "
+                f"(run 'artiq-journal verify'): {errors[0]}", path=self.path)
+        if not reader.segments:
+            self._seq = self._durable_seq = 0
+            self._new_segment(1)
+            return
+        number, seg_path = reader.segments[-1]
+        end = reader.end
+        if end is None or end.segment != number:
+            # The last segment holds no intact record (crashed right after
+            # rotation): restart it from its header.
+            end = Position(number, SEGMENT_HEADER_SIZE)
+        self._seq = self._durable_seq = reader.last_trusted_seq
+        try:
+            fd = self.ops.open(seg_path, os.O_WRONLY)
+            size = os.fstat(fd).st_size
+            if size < SEGMENT_HEADER_SIZE:
+                self.ops.close(fd)
+                self.ops.unlink(seg_path)
+                self._new_segment(number)
+                return
+            if size != end.offset:
+                # Cut the torn tail: those bytes were never acknowledged, and
+                # leaving them would read as corruption once records follow.
+                self.ops.ftruncate(fd, end.offset)
+                self.ops.fsync(fd)
+            os.lseek(fd, end.offset, os.SEEK_SET)
+        except OSError as exc:
+            raise JournalFailed(f"cannot reopen segment: {exc.strerror or exc}",
+                                path=seg_path) from exc
+        self._fd = fd
+        self._segment = number
+        self._offset = end.offset
+
+    def _new_segment(self, number: int) -> None:
+        seg_path = os.path.join(self.path, segment_name(number))
+        try:
+            fd = self.ops.open(seg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                               0o644)
+            self._fd = fd
+            header = encode_segment_header(number, self._seq + 1)
+            self._write_all(fd, header)
+            if self.fsync_policy != "never":
+                self.ops.fdatasync(fd)
+                # The new file's name must be durable before records in it
+                # are acknowledged as durable.
+                self.ops.fsync_dir(self.path)
+        except OSError as exc:
+            self._fail(exc, seg_path, "create segment")
+        self._segment = number
+        self._offset = SEGMENT_HEADER_SIZE
+
+    # -- appending ---------------------------------------------------------------
+
+    def append(self, rtype: int, obj: Any) -> int:
+        """Append one record; return its sequence number.
+
+        The record is in the kernel when this returns (survives a process
+        crash); with ``fsync="always"`` it is also durable.  Raises TypeError
+        for values that cannot be journaled (nothing is written then),
+        RecordTooLarge, and JournalFailed after any I/O error.
+        """
+        if self._broken is not None:
+            raise self._broken
+        try:
+            payload = self._pack(obj)
+        except BaseException:
+            self._reset_packer()
+            raise
+        length = len(payload)
+        if length > self.max_record_bytes:
+            raise RecordTooLarge(
+                f"record of {length} bytes exceeds the maximum record size "
+                f"{self.max_record_bytes}", path=self.path)
+        seq = self._seq + 1
+        tail = self._tail_pack(length, seq, rtype, 0, 0)
+        data = CRC_FIELD.pack(crc32(payload, crc32(tail))) + tail + payload
+        fd = self._fd
+        try:
+            written = self._write(fd, data)
+            if written != len(data):
+                self._write_all(fd, memoryview(data)[written:])
+        except OSError as exc:
+            self._fail(exc, self._segment_path(), "write")
+        self._seq = seq
+        self._offset += len(data)
+        if self._always:
+            try:
+                self.ops.fdatasync(fd)
+            except OSError as exc:
+                self._fail(exc, self._segment_path(), "fdatasync")
+            self._durable_seq = seq
+        if self._offset >= self.segment_bytes:
+            self._rotate()
+        return seq
+
+    def _write_all(self, fd: int, data) -> None:
+        view = memoryview(data)
+        while view:
+            n = self._write(fd, view)
+            if n <= 0:
+                raise OSError(28, "short write")
+            view = view[n:]
+
+    def _reset_packer(self) -> None:
+        # A pack that raised half-way may leave bytes in the packer's buffer;
+        # a fresh packer guarantees the next record is not prefixed by them.
+        self._pack = codec.make_packer().pack
+
+    def _segment_path(self) -> str:
+        return os.path.join(self.path, segment_name(self._segment))
+
+    def _fail(self, exc: OSError, path: str, what: str) -> None:
+        err = JournalFailed(f"{what} failed: {exc.strerror or exc} "
+                            "(journal stopped; nothing more will be appended)",
+                            path=path)
+        err.__cause__ = exc
+        self._broken = err
+        raise err
+
+    def _rotate(self) -> None:
+        with self._sync_lock:
+            old_fd = self._fd
+            try:
+                # The old segment is made durable before the next one exists,
+                # so only the last segment can ever end in a torn record.
+                if self.fsync_policy != "never":
+                    self.ops.fdatasync(old_fd)
+                    self._durable_seq = self._seq
+            except OSError as exc:
+                self._fail(exc, self._segment_path(), "fdatasync")
+            self.ops.close(old_fd)
+            self._fd = None
+            self._new_segment(self._segment + 1)
+
+    # -- durability ----------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last appended record."""
+        return self._seq
+
+    @property
+    def durable_seq(self) -> int:
+        """Every record up to this sequence number survives power loss."""
+        return self._durable_seq
+
+    @property
+    def failed(self) -> bool:
+        return self._broken is not None and not isinstance(self._broken,
+                                                           JournalClosed)
+
+    def sync(self) -> int:
+        """Make every appended record durable now; return durable_seq."""
+        if self._broken is not None:
+            raise self._broken
+        with self._sync_lock:
+            self._sync_locked()
+        return self._durable_seq
+
+    def _sync_locked(self) -> None:
+        target = self._seq
+        if target <= self._durable_seq or self._fd is None:
+            return
+        try:
+            self.ops.fdatasync(self._fd)
+        except OSError as exc:
+            self._fail(exc, self._segment_path(), "fdatasync")
+        self._durable_seq = target
+
+    def _group_commit_loop(self) -> None:
+        while not self._stop.wait(self.group_interval):
+            if self._broken is not None:
+                return
+            with self._sync_lock:
+                try:
+                    self._sync_locked()
+                except JournalFailed:
+                    return  # the next append raises it
+
+    def _sync_dir(self, path: str) -> None:
+        try:
+            self.ops.fsync_dir(path)
+        except OSError as exc:
+            self._fail(exc, path, "directory fsync")
+
+    # -- snapshots -------------------------------------------------------------------
+
+    def write_snapshot(self, state: Any) -> int:
+        """Durably record ``state`` as covering every record appended so far;
+        return the sequence number it covers.
+
+        Syncs the journal first, then rotates the checkpoint files atomically
+        (see journal/snapshot.py), then deletes segments wholly covered by
+        the *previous* snapshot, so a damaged newest snapshot can still fall
+        back on ``checkpoint.old`` plus the records after it.
+        """
+        if self._broken is not None:
+            raise self._broken
+        with self._sync_lock:
+            self._sync_locked()
+        seq = self._seq
+        previous = self._snapshot_seq
+        payload = {"position": [self._segment, self._offset], "state": state}
+        try:
+            snapshots.write_snapshot(self.path, seq, payload, ops=self.ops)
+        except JournalFailed as exc:
+            self._broken = exc
+            raise
+        self._snapshot_seq = seq
+        if previous is not None:
+            self._delete_covered_segments(previous)
+        return seq
+
+    def _delete_covered_segments(self, covered_seq: int) -> None:
+        segs = list_segments(self.path)
+        # Segment k is wholly covered when segment k+1 starts at or before
+        # covered_seq + 1.  Never touch the segment being written.
+        for (num, path), (_, next_path) in zip(segs, segs[1:]):
+            if num >= self._segment:
+                break
+            try:
+                with open(next_path, "rb") as f:
+                    next_first = decode_segment_header(
+                        f.read(SEGMENT_HEADER_SIZE)).first_seq
+            except (OSError, ValueError):
+                break
+            if next_first > covered_seq + 1:
+                break
+            try:
+                self.ops.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                break  # harmless: the segment is merely kept
+
+    # -- closing ---------------------------------------------------------------------
+
+    def close(self, reason: str = "closed") -> None:
+        """Append the clean-close record, make everything durable, release
+        the lock.  Idempotent.  After a fail-stop this only releases."""
+        if self._fd is None and self._lock is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        try:
+            if self._broken is None:
+                self.append(REC_CLOSE, [reason])
+                with self._sync_lock:
+                    self._sync_locked()
+        finally:
+            self._abandon()
+            if self._broken is None:
+                self._broken = JournalClosed("journal is closed",
+                                             path=self.path)
+
+    def abandon(self) -> None:
+        """Release resources without a clean-close record (tests, and giving
+        up after a fail-stop): the journal is left orphaned for recovery."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._abandon()
+        if self._broken is None:
+            self._broken = JournalClosed("journal is closed", path=self.path)
+
+    def _abandon(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                self.ops.close(fd)
+            except OSError:
+                pass
+        self._release_lock()
+        _live_writers.discard(self)
+
+    def _release_lock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            try:
+                lock.release()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "JournalWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
