@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import CorruptSnapshot
 from .journal.constants import (REC_APPEND, REC_ARCHIVE, REC_CHECKPOINT,
                                 REC_CLOSE, REC_MUTATE, REC_RESUMED_FROM,
                                 REC_RUN_INFO, REC_SET, REC_STAGE)
@@ -30,7 +31,9 @@ class RunState:
     stage: str | None = None
     stage_time: float | None = None
     run_time: float | None = None
-    datasets: DatasetState = field(default_factory=DatasetState)
+    # warn=False: the live run already logged ARTIQ's warnings once.
+    datasets: DatasetState = field(
+        default_factory=lambda: DatasetState(warn=False))
     #: User state of the last ``checkpoint(**state)`` and its sequence number.
     checkpoint: dict | None = None
     checkpoint_seq: int | None = None
@@ -94,7 +97,8 @@ class RunState:
                 resumed_from=_opt_dict(data.get("resumed_from")),
                 last_seq=seq,
             )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError,
+                CorruptSnapshot) as exc:
             raise BadRecord(f"bad snapshot state: {exc}") from None
 
 
