@@ -46,8 +46,8 @@ def _snapshot_start(path: str, result: ReplayResult, upto_seq: int | None
     try:
         snap = load_snapshot(path)
     except NoSnapshot as exc:
-        missing_only = all(p.endswith("missing")
-                           for p in str(exc).split("(", 1)[-1].split("; "))
+        missing_only = all(p.endswith(": missing")
+                           for p in getattr(exc, "problems", ()))
         if not missing_only:
             result.diagnostics.append(Diagnostic(
                 "snapshot", path, None, exc.reason))

@@ -2,8 +2,11 @@
 
 Supported: None, bool, int (any size: beyond 64 bits as an ext), float,
 complex, str, bytes, list, tuple (kept distinct from list), dict, numpy arrays
-(dtype, shape and value exact) and numpy scalars (dtype exact).  Anything else
-raises ``TypeError`` at write time: values are never silently stringified.
+(dtype, shape and value exact) and numpy scalars (dtype exact).  ``bytearray``
+and ``memoryview`` are stored as msgpack bin and read back as ``bytes`` (the
+same bytes; msgpack offers no hook to refuse them without walking every
+value).  Anything else raises ``TypeError`` at write time: values are never
+silently stringified.
 
 Decoding never executes code and never builds objects other than the ones
 above.  Damaged input raises :class:`DecodeError` (a ``ValueError``), which
@@ -13,6 +16,7 @@ the reader turns into a diagnostic.
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Any
 
 import msgpack
@@ -33,6 +37,9 @@ MAX_EXT_DEPTH = 64
 _PLAIN_KINDS = frozenset("biufcSUmM")
 
 
+_pack_depth = threading.local()
+
+
 class DecodeError(ValueError):
     """The bytes are not a valid encoding of a supported value."""
 
@@ -50,7 +57,7 @@ def _default(obj: Any) -> msgpack.ExtType:
     # Called by msgpack for everything it does not pack natively.  With
     # strict_types=True that includes tuples and subclasses such as
     # numpy.float64 (a float subclass), so their exact type survives.
-    if isinstance(obj, np.ndarray):
+    if type(obj) is np.ndarray:
         _check_dtype(obj.dtype)
         head = _PACK_PLAIN([obj.dtype.str, list(obj.shape)])
         body = np.ascontiguousarray(obj).tobytes()
@@ -60,7 +67,15 @@ def _default(obj: Any) -> msgpack.ExtType:
         return msgpack.ExtType(EXT_NPSCALAR,
                                _PACK_PLAIN([obj.dtype.str, obj.tobytes()]))
     if type(obj) is tuple:
-        return msgpack.ExtType(EXT_TUPLE, pack(list(obj)))
+        depth = getattr(_pack_depth, "value", 0)
+        if depth >= MAX_EXT_DEPTH:
+            raise TypeError(f"cannot journal tuples nested more than "
+                            f"{MAX_EXT_DEPTH} deep (the reader refuses them)")
+        _pack_depth.value = depth + 1
+        try:
+            return msgpack.ExtType(EXT_TUPLE, pack(list(obj)))
+        finally:
+            _pack_depth.value = depth
     if type(obj) is complex:
         return msgpack.ExtType(EXT_COMPLEX, _COMPLEX.pack(obj.real, obj.imag))
     if type(obj) is int:
@@ -114,7 +129,16 @@ class _Decoder:
             if code == EXT_NPSCALAR:
                 dtype_str, raw = _unpack_plain(data, 2)
                 dtype = _dtype(dtype_str)
-                if not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
+                if not isinstance(raw, bytes):
+                    raise DecodeError("numpy scalar size mismatch")
+                if dtype.itemsize == 0:
+                    # np.str_("") / np.bytes_(b""): dtype <U0 / |S0, but
+                    # tobytes() gives one NUL char; frombuffer refuses item
+                    # size 0.
+                    if raw.strip(b"\0") or len(raw) > 4:
+                        raise DecodeError("numpy scalar size mismatch")
+                    return dtype.type()
+                if len(raw) != dtype.itemsize:
                     raise DecodeError("numpy scalar size mismatch")
                 return np.frombuffer(raw, dtype=dtype)[0]
             if code == EXT_TUPLE:
@@ -205,12 +229,41 @@ def _unpackb(data: bytes, hook: _Decoder) -> Any:
                            max_ext_len=hook.max_bin)
 
 
+#: msgpack decodes ext type -1 (timestamp) itself, bypassing ext_hook.
+#: These are the only headers of a well-formed one (4, 8 or 12 bytes).
+_TIMESTAMP_HEADERS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x04\xff",
+                      b"\xc7\x08\xff", b"\xc7\x0c\xff")
+
+
+def _could_hold_timestamp(data: bytes) -> bool:
+    # The single memchr first: this runs on every record a reader decodes.
+    if b"\xff" not in data:
+        return False
+    return any(h in data for h in _TIMESTAMP_HEADERS) \
+        or b"\xc8\x00" in data or b"\xc9\x00\x00\x00" in data
+
+
+def _reject_timestamps(value: Any) -> None:
+    if isinstance(value, msgpack.Timestamp):
+        raise DecodeError("msgpack timestamp ext is not a journal type")
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _reject_timestamps(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _reject_timestamps(key)
+            _reject_timestamps(item)
+
+
 def unpack(data: bytes, max_bytes: int | None = None) -> Any:
     """Decode one value.  Raises :class:`DecodeError` on any damage,
     including trailing bytes, invalid UTF-8 and unhashable map keys."""
     hook = _Decoder(max_bytes if max_bytes is not None else max(len(data), 1))
     try:
-        return _unpackb(data, hook)
+        value = _unpackb(data, hook)
+        if _could_hold_timestamp(data):
+            _reject_timestamps(value)
+        return value
     except DecodeError:
         raise
     except (ValueError, TypeError, msgpack.UnpackException,

@@ -72,6 +72,8 @@ def decode_segment_header(data: bytes) -> SegmentHeader:
         raise ValueError("bad segment magic (not a journal segment)")
     if crc32(data[:24]) != crc:
         raise ValueError("segment header CRC mismatch")
+    if data[28:SEGMENT_HEADER_SIZE] != bytes(4):
+        raise ValueError("nonzero reserved bytes in segment header")
     if version != FORMAT_VERSION:
         raise ValueError(f"unsupported format version {version} "
                          f"(this reader knows {FORMAT_VERSION})")

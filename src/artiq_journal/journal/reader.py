@@ -169,7 +169,7 @@ class JournalReader:
                     kind = ("unsupported_version"
                             if str(exc).startswith("unsupported") else
                             "bad_segment_header")
-                    if not head and is_last:
+                    if is_last and len(head) < SEGMENT_HEADER_SIZE:
                         # Created but header never written: crash right
                         # after creation.  Nothing was acknowledged in it.
                         self._diag("torn_tail", seg_path, 0,
@@ -189,6 +189,16 @@ class JournalReader:
                     self._diag("bad_segment_header", seg_path, 0,
                                f"segment header says number {header.number}, "
                                f"file name says {number}")
+                if header is not None and header.first_seq > self._next_seq:
+                    self._diag("gap", seg_path, 16,
+                               f"sequence gap: segment starts at seq "
+                               f"{header.first_seq}, expected "
+                               f"{self._next_seq}; records "
+                               f"{self._next_seq}..{header.first_seq - 1} "
+                               "are missing, later records are not trusted",
+                               seq=header.first_seq)
+                    self._trusting = False
+                    self._next_seq = header.first_seq
                 offset = SEGMENT_HEADER_SIZE
                 if start_offset is not None and start_offset >= offset:
                     offset = start_offset

@@ -16,6 +16,7 @@ why.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,9 @@ def read_snapshot_file(path: str,
             SNAPSHOT_HEADER.unpack(head)
         if magic != SNAPSHOT_MAGIC:
             raise CorruptSnapshot("bad snapshot magic", path=path, offset=0)
+        if head[36:SNAPSHOT_HEADER_SIZE] != bytes(4):
+            raise CorruptSnapshot("nonzero reserved bytes in snapshot "
+                                  "header", path=path, offset=36)
         if version != FORMAT_VERSION:
             raise CorruptSnapshot(
                 f"unsupported snapshot format version {version} (this reader "
@@ -114,8 +118,10 @@ def load_snapshot(journal_dir: str,
         snap.problems = problems
         snap.reason = "; ".join(problems)
         return snap
-    raise NoSnapshot("no usable snapshot (" + "; ".join(problems) + ")",
+    exc = NoSnapshot("no usable snapshot (" + "; ".join(problems) + ")",
                      path=journal_dir)
+    exc.problems = problems
+    raise exc
 
 
 def write_snapshot(journal_dir: str, seq: int, state: Any, *,
@@ -134,12 +140,28 @@ def write_snapshot(journal_dir: str, seq: int, state: Any, *,
     old_path = os.path.join(journal_dir, SNAPSHOT_OLD)
     step = "create"
     try:
+        if not os.path.exists(cur_path) and os.path.exists(new_path):
+            try:
+                read_snapshot_file(new_path)
+            except (CorruptSnapshot, OSError):
+                pass  # incomplete: nothing depends on it
+            else:
+                # A rotation died between its renames: checkpoint.new is
+                # the newest snapshot.  Finish that rotation, or truncating
+                # checkpoint.new below would destroy its only copy.
+                step = "rename"
+                ops.rename(new_path, cur_path)
+                ops.fsync_dir(journal_dir)
+                step = "create"
         fd = ops.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             step = "write"
             view = memoryview(data)
             while view:
-                view = view[ops.write(fd, view):]
+                written = ops.write(fd, view)
+                if written <= 0:
+                    raise OSError(errno.EIO, "write made no progress")
+                view = view[written:]
             if sync:
                 step = "fsync"
                 # The data must be durable before the renames make it the

@@ -278,8 +278,14 @@ class JournalWriter:
                     self._durable_seq = self._seq
             except OSError as exc:
                 self._fail(exc, self._segment_path(), "fdatasync")
-            self.ops.close(old_fd)
+            # The descriptor is released even when close() reports an error
+            # (a deferred write error, e.g. on NFS): forget it first, then
+            # treat the error as the write failure it is.
             self._fd = None
+            try:
+                self.ops.close(old_fd)
+            except OSError as exc:
+                self._fail(exc, self._segment_path(), "close")
             self._new_segment(self._segment + 1)
 
     # -- durability ----------------------------------------------------------------
