@@ -346,8 +346,12 @@ def test_journal_hooks_are_called_in_stage_order(tmp_path, monkeypatch):
 
     (name, kwargs, cwd, datasets_at_attach), *rest = calls
     assert name == "attach" and datasets_at_attach == 0  # before build()
+    start_time = kwargs.pop("start_time")
+    assert isinstance(start_time, float)
     assert kwargs == {"rid": 21, "expid": expid, "class_name": "Hooked",
-                      "results_dir": cwd, "fsync": "always"}
+                      "results_dir": cwd, "fsync": "always",
+                      "pipeline_name": "main", "priority": 0,
+                      "artiq_version": RUNNER_VERSION}
     h5_path = os.path.join(cwd, "000000021-Hooked.h5")
     assert rest == [("stage", "prepare", float), ("stage", "run", float),
                     ("stage", "analyze", float),

@@ -92,6 +92,8 @@ class JournalWriter:
         self._durable_seq = 0
         self._segment = 0
         self._offset = 0
+        #: Bytes in segments this writer finished (see ``bytes_appended``).
+        self._bytes_before_segment = 0
         self._sync_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -282,6 +284,7 @@ class JournalWriter:
             # (a deferred write error, e.g. on NFS): forget it first, then
             # treat the error as the write failure it is.
             self._fd = None
+            self._bytes_before_segment += self._offset
             try:
                 self.ops.close(old_fd)
             except OSError as exc:
@@ -294,6 +297,12 @@ class JournalWriter:
     def last_seq(self) -> int:
         """Sequence number of the last appended record."""
         return self._seq
+
+    @property
+    def bytes_appended(self) -> int:
+        """Bytes (headers included) written by this writer and the segments
+        it continued; grows monotonically, for size-based policies."""
+        return self._bytes_before_segment + self._offset
 
     @property
     def durable_seq(self) -> int:

@@ -94,13 +94,18 @@ def results_filename(rid: int, experiment_class: type) -> str:
 
 
 def _attach_journal(options: dict, dataset_mgr: DatasetManager, rid: int,
-                    expid: dict, experiment_class: type) -> Any:
+                    expid: dict, experiment_class: type, job: dict,
+                    start_time: float) -> Any:
     # Imported here: a run without journaling must not depend on it.
     worker_hooks = importlib.import_module("artiq_journal.worker_hooks")
     return worker_hooks.attach(dataset_mgr, rid=rid, expid=expid,
                                class_name=experiment_class.__name__,
                                results_dir=os.getcwd(),
-                               fsync=options.get("fsync", "group"))
+                               fsync=options.get("fsync", "group"),
+                               start_time=start_time,
+                               pipeline_name=job.get("pipeline_name", "main"),
+                               priority=job.get("priority", 0),
+                               artiq_version=RUNNER_VERSION)
 
 
 def execute(job: dict) -> None:
@@ -159,7 +164,8 @@ def execute(job: dict) -> None:
         if journal_options.get("enabled"):
             # Before instantiation, so datasets set in build() are journaled.
             journal = _attach_journal(journal_options, dataset_mgr, rid,
-                                      expid, experiment_class)
+                                      expid, experiment_class, job,
+                                      start_time)
         argument_mgr = ProcessArgumentManager(expid["arguments"])
         exp_inst = experiment_class((device_mgr, dataset_mgr, argument_mgr,
                                      {}))

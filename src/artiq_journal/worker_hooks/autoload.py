@@ -1,0 +1,409 @@
+"""Automatic journaling inside ARTIQ's own worker (``ARTIQ_JOURNAL=1``).
+
+Loading.  ``pip install artiq-journal`` puts ``artiq_journal_autoload.pth``
+into site-packages; Python runs its one line at start-up in every process.
+The line imports this module only when ``ARTIQ_JOURNAL`` is truthy, so with
+the switch off nothing at all happens.  Start the ARTIQ master with
+``ARTIQ_JOURNAL=1``: its workers inherit the environment (``artiq.master
+.worker.Worker`` passes ``os.environ`` to ``python -m artiq.master
+.worker_impl``), and every run journals itself, with no change to ARTIQ or
+to experiments.
+
+Mechanism.  Importing this module installs a ``sys.meta_path`` finder that
+lets ``artiq.language.environment`` load normally and then wraps
+``HasEnvironment.__init__``.  Nothing else is touched in any process.  The
+wrapper acts once, in the worker (the process whose ``__main__`` is
+``artiq.master.worker_impl``), for the top-level experiment: the instance
+built from the managers tuple whose dataset manager is an ``artiq.master
+.worker_db.DatasetManager`` (the "examine" action uses another class).  At
+that moment ``Scheduler.set_run_info`` has run and the worker has
+``chdir``-ed into ``results/<date>/<hour>``; before ``build()`` runs, the
+hook calls :func:`~.attach.attach` with
+
+* rid, pipeline, expid, priority from the ``scheduler`` virtual device;
+* the class name ARTIQ uses for the file name (``exp.__name__``);
+* ``results_dir`` = the working directory;
+* ``start_time`` = the worker's own ``start_time``.  It exists only as a
+  local of ``worker_impl.main()``, so it is read from that frame
+  (``run_time`` likewise for the ``run`` stage); if the frame is not found
+  (another ARTIQ version), ``time.time()`` is used instead.
+
+After construction the instance's ``prepare``/``run``/``analyze`` are
+wrapped (instance attributes) to record stage changes, and the manager's
+``write_hdf5`` to find ARTIQ's results file; the ``close`` of that h5py file
+is wrapped so that, once ARTIQ's ``write_results`` has written every root
+object and closed the file, the journal records ``results_written``, closes
+cleanly and is deleted or kept (``ARTIQ_JOURNAL_KEEP``).  At interpreter exit
+a journal still open is closed with reason ``no_results`` when ARTIQ never
+tried to write its file (build or prepare failed: ARTIQ writes nothing
+then), or left orphaned for ``artiq-recover`` when the results file is
+incomplete.  A killed worker leaves it orphaned, which is the point.
+
+Robustness.  Any exception inside this machinery is logged (logger
+``artiq_journal``, forwarded to the master's log) and switches journaling
+off for the run; it never breaks the run -- except ``JournalFailed`` under
+``ARTIQ_JOURNAL_ON_ERROR=stop``, the documented way a journal that cannot be
+written ends the run.
+
+Limitations.  Experiments not derived from ``HasEnvironment`` are not
+journaled automatically (use :func:`attach`); ``artiq_run`` is not
+journaled automatically (it has no results directory and no rid).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import time
+
+from . import config
+
+# typing is not imported at run time: this module loads at interpreter
+# start-up in every process while ARTIQ_JOURNAL is on.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+logger = logging.getLogger("artiq_journal")
+
+__all__ = ["install", "installed"]
+
+_ENVIRONMENT_MODULE = "artiq.language.environment"
+_WORKER_MAIN_MODULE = "artiq.master.worker_impl"
+_WORKER_DB_MODULE = "artiq.master.worker_db"
+
+_installed = False
+#: The journaled run of this process (at most one: a worker runs one run).
+_run: "_WorkerRun | None" = None
+#: Set when journaling was tried (started, refused or failed) in this process.
+_tried = False
+
+
+class _PolicyStop(Exception):
+    """Internal: carries a JournalFailed that the ``stop`` policy raises."""
+
+
+def installed() -> bool:
+    """Whether the import hook is installed in this process."""
+    return _installed
+
+
+def install() -> bool:
+    """Install the hook if ``ARTIQ_JOURNAL`` is truthy; return whether it is
+    installed.  Idempotent; never raises."""
+    global _installed
+    if _installed:
+        return True
+    try:
+        if not config.enabled():
+            return False
+        module = sys.modules.get(_ENVIRONMENT_MODULE)
+        if module is not None:
+            _patch_environment(module)
+        else:
+            sys.meta_path.insert(0, _EnvironmentFinder())
+        _installed = True
+    except Exception:  # noqa: BLE001 - must never break interpreter start-up
+        logger.exception("artiq-journal: cannot install the worker hook; "
+                         "runs are NOT journaled")
+    return _installed
+
+
+class _EnvironmentFinder:
+    """Finds nothing itself: asks the other finders for ``artiq.language
+    .environment`` and wraps that spec's loader so the module is patched
+    right after it executed."""
+
+    def find_spec(self, fullname: str, path: Any = None,
+                  target: Any = None) -> Any:
+        if fullname != _ENVIRONMENT_MODULE:
+            return None
+        spec = None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                break
+        loader = getattr(spec, "loader", None)
+        original = getattr(loader, "exec_module", None)
+        if original is None:
+            return spec
+
+        had_own = "exec_module" in getattr(loader, "__dict__", {})
+
+        def exec_module(module: Any) -> None:
+            # Undo the shadowing first: a loader shared by several modules
+            # (zipimport) must load the others unpatched.
+            try:
+                if had_own:
+                    loader.exec_module = original
+                else:
+                    del loader.exec_module
+            except AttributeError:
+                pass
+            original(module)
+            if getattr(module, "__name__", None) == _ENVIRONMENT_MODULE:
+                _guarded(_patch_environment, module)
+                _remove_finder()
+
+        try:
+            # Shadow the method on this loader object only (FileFinder makes
+            # one per module); module.__loader__ stays the real loader.
+            loader.exec_module = exec_module
+        except (AttributeError, TypeError):
+            logger.error("artiq-journal: cannot hook the loader of %s; runs "
+                         "are NOT journaled", fullname)
+        return spec
+
+
+def _remove_finder() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path
+                        if not isinstance(f, _EnvironmentFinder)]
+
+
+def _patch_environment(module: Any) -> None:
+    cls = module.HasEnvironment
+    original = cls.__init__
+    if getattr(original, "_artiq_journal_hook", False):
+        return
+
+    def __init__(self, managers_or_parent, *args, **kwargs):
+        run = None
+        if not _tried and isinstance(managers_or_parent, tuple):
+            run = _guarded(_start, self, managers_or_parent)
+        original(self, managers_or_parent, *args, **kwargs)
+        if run is not None:
+            _guarded(run.wrap_stages, self)
+
+    __init__.__wrapped__ = original
+    __init__.__doc__ = original.__doc__
+    __init__.__qualname__ = original.__qualname__
+    __init__._artiq_journal_hook = True
+    cls.__init__ = __init__
+
+
+def _guarded(fn: Callable, *args: Any) -> Any:
+    """Call ``fn``; an exception switches journaling off and is logged,
+    except a JournalFailed the ``stop`` policy raises on purpose."""
+    try:
+        return fn(*args)
+    except _PolicyStop as stop:
+        raise stop.args[0] from None
+    except Exception:  # noqa: BLE001 - the run must go on
+        logger.exception("artiq-journal: internal error in the worker hook; "
+                         "journaling is switched off for this run")
+        _disable("hook_error")
+        return None
+
+
+def _disable(reason: str) -> None:
+    global _tried
+    _tried = True
+    run = _run
+    if run is not None and not run.finished:
+        run.finished = True
+        try:
+            run.unhook()
+            run.live.close(reason)
+        except Exception:  # noqa: BLE001
+            logger.exception("artiq-journal: cannot close the journal")
+
+
+def _in_worker() -> bool:
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == _WORKER_MAIN_MODULE
+
+
+def _worker_main_locals(*names: str) -> dict:
+    """Locals of ARTIQ's ``worker_impl.main()`` found up the call stack;
+    empty when it is not there (best effort: ARTIQ keeps ``start_time`` and
+    ``run_time`` nowhere else)."""
+    frame = sys._getframe(1)
+    for _ in range(64):
+        if frame is None:
+            break
+        if frame.f_code.co_name == "main" and \
+                frame.f_globals.get("__name__") == "__main__" and \
+                getattr(frame.f_globals.get("__spec__"), "name", None) \
+                == _WORKER_MAIN_MODULE:
+            local = frame.f_locals
+            return {n: local[n] for n in names if n in local}
+        frame = frame.f_back
+    return {}
+
+
+def _start(instance: Any, managers: tuple) -> "_WorkerRun | None":
+    global _run, _tried
+    if not _in_worker() or len(managers) < 2:
+        return None
+    worker_db = sys.modules.get(_WORKER_DB_MODULE)
+    device_mgr, dataset_mgr = managers[0], managers[1]
+    if worker_db is None or \
+            not isinstance(dataset_mgr, worker_db.DatasetManager):
+        return None  # the "examine" action, or not ARTIQ's worker manager
+    _tried = True
+    from ..errors import JournalFailed
+    from .attach import attach
+
+    cfg = config.from_env()
+    for problem in cfg.problems:
+        logger.warning("artiq-journal: %s", problem)
+    scheduler = getattr(device_mgr, "virtual_devices", {}).get("scheduler")
+    frame = _worker_main_locals("start_time", "exp", "expid", "rid")
+    rid = getattr(scheduler, "rid", frame.get("rid"))
+    expid = getattr(scheduler, "expid", frame.get("expid"))
+    exp = frame.get("exp")
+    class_name = getattr(exp, "__name__", None) or type(instance).__name__
+    start_time = frame.get("start_time")
+    if not isinstance(start_time, float):
+        start_time = time.time()
+    try:
+        live = attach(dataset_mgr, rid=rid, expid=expid,
+                      class_name=class_name, results_dir=os.getcwd(),
+                      fsync=cfg.fsync,
+                      pipeline_name=getattr(scheduler, "pipeline_name", None),
+                      priority=getattr(scheduler, "priority", None),
+                      start_time=start_time, on_error=cfg.on_error,
+                      keep=cfg.keep, group_interval=cfg.group_interval,
+                      snapshot_interval=cfg.snapshot_interval)
+    except (OSError, JournalFailed) as exc:
+        message = f"cannot start the journal of RID {rid}: {exc}"
+        if cfg.on_error == "stop":
+            logger.error("artiq-journal: %s; stopping the run "
+                         "(ARTIQ_JOURNAL_ON_ERROR=stop)", message)
+            failure = exc if isinstance(exc, JournalFailed) else \
+                JournalFailed(message)
+            raise _PolicyStop(failure) from exc
+        logger.error("artiq-journal: %s; THE RUN CONTINUES UNJOURNALED "
+                     "(ARTIQ_JOURNAL_ON_ERROR=continue)", message)
+        return None
+    run = _WorkerRun(live, dataset_mgr)
+    _run = run
+    run.hook_results()
+    atexit.register(_at_exit)
+    return run
+
+
+class _WorkerRun:
+    """The journal of this worker's run and the hooks around it."""
+
+    def __init__(self, live: Any, dataset_mgr: Any) -> None:
+        self.live = live
+        self.dataset_mgr = dataset_mgr
+        #: ARTIQ called write_hdf5 (so it meant to write a results file).
+        self.results_attempted = False
+        self.finished = False
+        self._write_hdf5: Callable | None = None
+
+    # -- stages ----------------------------------------------------------------
+
+    def wrap_stages(self, instance: Any) -> None:
+        for name in ("prepare", "run", "analyze"):
+            method = getattr(instance, name, None)
+            if callable(method):
+                # An instance attribute: the worker calls exp_inst.<name>().
+                setattr(instance, name, self._stage_method(name, method))
+
+    def _stage_method(self, name: str, method: Callable) -> Callable:
+        def stage_method(*args: Any, **kwargs: Any) -> Any:
+            _guarded(self.enter_stage, name)
+            return method(*args, **kwargs)
+        stage_method.__name__ = name
+        return stage_method
+
+    def enter_stage(self, name: str) -> None:
+        if self.finished:
+            return
+        from ..errors import JournalFailed
+        when = None
+        if name == "run":
+            when = _worker_main_locals("run_time").get("run_time")
+            if not isinstance(when, float):
+                when = None
+        try:
+            self.live.stage(name, when)
+        except JournalFailed as exc:
+            raise _PolicyStop(exc) from exc
+
+    # -- results file ----------------------------------------------------------
+
+    def hook_results(self) -> None:
+        mgr = self.dataset_mgr
+        original = mgr.write_hdf5
+
+        def write_hdf5(f: Any) -> None:
+            self.results_attempted = True
+            original(f)
+            _guarded(self.watch_results_file, f)
+
+        self._write_hdf5 = write_hdf5
+        mgr.write_hdf5 = write_hdf5
+
+    def unhook(self) -> None:
+        own = self.dataset_mgr.__dict__
+        if self._write_hdf5 is not None and \
+                own.get("write_hdf5") is self._write_hdf5:
+            del own["write_hdf5"]
+        self._write_hdf5 = None
+
+    def watch_results_file(self, f: Any) -> None:
+        """Wrap the h5py File's ``close`` (``File.__exit__`` calls
+        ``self.close()``): when ARTIQ's ``with`` block ends, check that every
+        root object of ``write_results`` is there, then finish."""
+        from .attach import ARTIQ_RESULTS_KEYS
+        path = os.path.abspath(f.filename)
+        original = f.close
+
+        def close() -> None:
+            complete = _guarded(
+                lambda: all(key in f for key in ARTIQ_RESULTS_KEYS))
+            original()
+            if complete:
+                _guarded(self.finish_with_results, path)
+
+        f.close = close
+
+    def finish_with_results(self, path: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.unhook()
+        live = self.live
+        if live.failed:
+            live.close("journal_failed")
+        elif live.results_written(path):
+            live.close("results_written")
+        else:
+            live.abandon()
+
+    def finish_at_exit(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.unhook()
+        live = self.live
+        if live.failed:
+            live.close("journal_failed")
+        elif self.results_attempted:
+            logger.warning("artiq-journal: ARTIQ's results file of this run "
+                           "is incomplete; journal %s kept for "
+                           "artiq-recover", live.path)
+            live.abandon()
+        else:
+            live.close("no_results")
+
+
+def _at_exit() -> None:
+    run = _run
+    if run is not None:
+        try:
+            run.finish_at_exit()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            logger.exception("artiq-journal: cannot close the journal")
+
+
+install()
