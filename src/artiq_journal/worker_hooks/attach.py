@@ -241,6 +241,7 @@ class LiveJournal:
         self._closed = False
         self._detached = False
         self._results_ok = False
+        self._reached_analyze = False
         self._saved: dict[str, Any] = {}
         self._retarget: Callable | None = None
         # Run state kept for snapshots (datasets come from the manager).
@@ -393,6 +394,8 @@ class LiveJournal:
             self._stage, self._stage_time = name, when
             if name == "run":
                 self._run_time = when
+            elif name == "analyze":
+                self._reached_analyze = True
         return seq
 
     def results_written(self, h5_path: str | os.PathLike) -> bool:
@@ -498,8 +501,8 @@ class LiveJournal:
 
         ``reason`` defaults to ``"results_written"`` after a verified
         :meth:`results_written`, else ``"no_results"``.  Then, if the results
-        file was verified and ``keep`` is false, the journal directory is
-        deleted (renamed to ``*.journal.deleted`` first, so an interrupted
+        file was verified, the run reached ``analyze`` (run() did not raise)
+        and ``keep`` is false, the journal directory is deleted (renamed to ``*.journal.deleted`` first, so an interrupted
         deletion never looks like a damaged journal).  Idempotent; never
         raises a journal error (they are logged)."""
         if self._closed:
@@ -518,7 +521,9 @@ class LiveJournal:
             return
         if self.writer.failed or self._failure is not None:
             return
-        if self._results_ok and not self.keep:
+        # A run whose run() raised also gets a results file, but it is
+        # unfinished: keep its journal so the scan can be resumed.
+        if self._results_ok and self._reached_analyze and not self.keep:
             self._delete()
 
     def abandon(self) -> None:

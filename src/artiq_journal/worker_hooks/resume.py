@@ -195,6 +195,9 @@ class JournalResumable:
                             "checkpoint; empty: fresh run")
             own["_journal_resume_arg"] = value
         value = own["_journal_resume_arg"]
+        if isinstance(value, int) and not isinstance(value, bool):
+            # artiq_client/artiq_run parse "resume_from=12" to an int.
+            value = str(value)
         if isinstance(value, str) and value.strip():
             return value.strip()
         return config.from_env().resume
