@@ -22,14 +22,16 @@ inherits the master's environment), or of ``artiq-journal run``.
 ``ARTIQ_JOURNAL_GROUP_MS``     group-commit window in milliseconds
                                (default ``5``; must be > 0).
 ``ARTIQ_JOURNAL_KEEP``         retention.  ``0`` (default): the journal of
-                               a run whose results file ARTIQ wrote
+                               a run that finished (``run()`` did not
+                               raise) and whose results file ARTIQ wrote
                                completely is closed cleanly, the results
                                file is fsynced, then the journal directory
                                is deleted.  ``1``: such journals are kept
                                (closed cleanly).  Every other journal is
                                always kept: a crashed run's (for
-                               ``artiq-recover`` and resume), and one whose
-                               run ended without a results file.
+                               ``artiq-recover`` and resume), one whose
+                               ``run()`` raised (so it can be resumed), and
+                               one whose run ended without a results file.
 ``ARTIQ_JOURNAL_ON_ERROR``     what happens when the journal cannot be
                                written (disk full, EIO, a value that
                                cannot be journaled).  ``stop`` (default): log
