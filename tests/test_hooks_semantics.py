@@ -573,6 +573,8 @@ def test_clean_close_after_verified_results_removes_or_keeps(tmp_path, keep):
     mgr = RunnerManager(MockDatasetDB())
     live = journal(mgr, tmp_path, keep=keep, fsync="group")
     mgr.set("x", 1, {}, False, False, True)
+    live.stage("run")
+    live.stage("analyze")
     h5 = tmp_path / "000000001-Exp.h5"
     _write_results_file(h5)
     assert live.results_written(h5)
@@ -584,6 +586,21 @@ def test_clean_close_after_verified_results_removes_or_keeps(tmp_path, keep):
         assert result.clean_close and result.state.stage == "results_written"
         assert result.state.closed and \
             result.state.close_reason == "results_written"
+
+
+def test_journal_is_kept_when_run_raised_so_it_can_be_resumed(tmp_path):
+    # ARTIQ writes the results file when run() raises, but the scan is
+    # unfinished: its journal must stay for `artiq-journal resume`.
+    mgr = RunnerManager(MockDatasetDB())
+    live = journal(mgr, tmp_path, keep=False, fsync="group")
+    mgr.set("x", 1, {}, False, False, True)
+    live.stage("run")
+    h5 = tmp_path / "000000001-Exp.h5"
+    _write_results_file(h5)
+    assert live.results_written(h5)
+    live.close()
+    assert os.path.isdir(live.path)
+    assert replay(live.path).clean_close
 
 
 def test_journal_is_kept_without_a_verified_results_file(tmp_path, caplog):
