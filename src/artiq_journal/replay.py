@@ -13,6 +13,7 @@ from typing import Callable
 
 from .errors import NoSnapshot
 from .journal.constants import DEFAULT_MAX_RECORD_BYTES, REC_CHECKPOINT
+from .journal.framing import type_name
 from .journal.reader import Diagnostic, JournalReader, Position
 from .journal.snapshot import Snapshot, load_snapshot
 from .runstate import BadRecord, RunState
@@ -96,26 +97,27 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
                            after_seq=after_seq, start=position)
     apply = state.apply
     applied = untrusted = 0
-    for record in reader:
-        if upto_seq is not None and record.seq > upto_seq:
+    # Set after a record that cannot be applied: everything after it
+    # depends on it, so nothing later is trusted either.
+    poisoned = False
+    for seq, rtype, payload, segment, offset, trusted in reader.iter_raw():
+        if upto_seq is not None and seq > upto_seq:
             break
-        if not record.trusted:
+        if poisoned or not trusted:
             untrusted += 1
             continue
         try:
-            apply(record.seq, record.rtype, record.payload)
+            apply(seq, rtype, payload)
         except BadRecord as exc:
             result.diagnostics.append(Diagnostic(
-                "bad_record", os.path.join(path, record.segment),
-                record.offset, f"record seq {record.seq} "
-                f"({record.type_name}) cannot be applied: {exc}; later "
-                "records are not trusted", seq=record.seq))
-            # Everything after an unapplicable record depends on it.
-            reader._trusting = False
+                "bad_record", os.path.join(path, segment), offset,
+                f"record seq {seq} ({type_name(rtype)}) cannot be applied: "
+                f"{exc}; later records are not trusted", seq=seq))
+            poisoned = True
             continue
         applied += 1
         if on_record is not None:
-            on_record(record.seq)
+            on_record(seq)
     result.diagnostics[:0] = reader.diagnostics
     result.records_applied = applied
     result.records_untrusted = untrusted

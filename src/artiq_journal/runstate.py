@@ -46,6 +46,16 @@ class RunState:
         """Apply one decoded record.  Raises BadRecord for a payload of the
         wrong shape and whatever ARTIQ's DatasetManager would raise for an
         operation that fails (which the writer never journals)."""
+        if rtype == REC_APPEND and type(payload) is list \
+                and len(payload) == 2 and type(payload[0]) is str:
+            # Fast path: scalar appends are most records of a long scan.
+            try:
+                self.datasets.append_to(payload[0], payload[1])
+            except (KeyError, AttributeError, TypeError) as exc:
+                raise BadRecord(f"{type(exc).__name__}: {exc}") from None
+            self.last_seq = seq
+            self.closed = False
+            return
         try:
             handler = _HANDLERS[rtype]
         except KeyError:

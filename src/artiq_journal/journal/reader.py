@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import msgpack
+
 from . import codec
 from .constants import (DEFAULT_MAX_RECORD_BYTES, RECORD_HEADER,
                         RECORD_HEADER_SIZE, RECORD_TYPE_NAMES, REC_CLOSE,
@@ -32,6 +34,7 @@ from .framing import (crc32, decode_segment_header, parse_segment_name,
 
 _RESYNC_CHUNK = 1 << 20
 _READ_BUFFER = 1 << 20
+_BATCH = 256
 
 
 @dataclass
@@ -56,7 +59,7 @@ class Diagnostic:
                 "seq": self.seq}
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     seq: int
     rtype: int
@@ -108,16 +111,37 @@ class JournalReader:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     #: Last sequence number of an intact, contiguous record.
     last_trusted_seq: int = 0
-    #: Where the last trusted record ends (for the writer's torn-tail cut).
-    end: Position | None = None
     #: True when the last trusted record is a clean-close record.
     clean_close: bool = False
     records_read: int = 0
     damaged: bool = False
     segments: list[tuple[int, str]] = field(default_factory=list)
+    _end_segment: int | None = None
+    _end_offset: int = 0
+
+    @property
+    def end(self) -> Position | None:
+        """Where the last trusted record ends (for the writer's torn-tail
+        cut), or None if no record was trusted."""
+        if self._end_segment is None:
+            return None
+        return Position(self._end_segment, self._end_offset)
 
     def __iter__(self) -> Iterator[Record]:
+        for batch in self._batches():
+            for fields in batch:
+                yield Record(*fields)
+
+    def iter_raw(self) -> Iterator[tuple]:
+        """Like iterating the reader, but each record is a plain tuple
+        ``(seq, rtype, payload, segment_name, offset, trusted)`` -- for
+        replay loops over millions of records."""
+        for batch in self._batches():
+            yield from batch
+
+    def _batches(self) -> Iterator[list[tuple]]:
         self.last_trusted_seq = self.after_seq
+        self._unpack = codec.make_unpack(self.max_record_bytes)
         try:
             self.segments = list_segments(self.path)
         except OSError as exc:
@@ -210,21 +234,42 @@ class JournalReader:
                 self._trusting = False
 
     def _scan(self, f, name, seg_path, size, offset, number, is_last):
+        # Records are parsed out of large chunks (one read per ~1 MiB, not
+        # two per record) and handed out in batches (one generator hop per
+        # batch, not per record); the common case -- the next trusted record
+        # -- is handled inline, everything else by _accept.
         read = f.read
-        seek = f.seek
         hsize = RECORD_HEADER_SIZE
         unpack_header = RECORD_HEADER.unpack_from
         limit = self.max_record_bytes
         decode = self.decode
-        max_decode = self.max_record_bytes
-        seek(offset)
-        while offset < size:
-            header = read(hsize)
+        unpackb = msgpack.unpackb
+        ext_hook = codec._Decoder(self.max_record_bytes)
+        f.seek(offset)
+        out: list[Record] = []
+        append = out.append
+        # Fast-path state lives in locals and is committed to self (by
+        # _commit) before any slow path and before each batch is handed out.
+        next_seq = self._next_seq
+        trusting = self._trusting
+        n_fast = 0
+        last_rtype = end_off = None
+        buf = b""
+        base = offset  # file offset of buf[0]
+        pos = 0
+        while base + pos < size:
+            if len(buf) - pos < hsize:
+                buf = buf[pos:] + read(_READ_BUFFER)
+                base += pos
+                pos = 0
+            offset = base + pos
             problem = None
-            if len(header) < hsize:
+            if len(buf) - pos < hsize:
                 problem = "incomplete record header"
             else:
-                crc, length, seq, rtype, flags, reserved = unpack_header(header)
+                crc, length, seq, rtype, flags, reserved = \
+                    unpack_header(buf, pos)
+                end = pos + hsize + length
                 if length > limit:
                     problem = (f"record length {length} exceeds the maximum "
                                f"{limit}")
@@ -232,12 +277,25 @@ class JournalReader:
                     problem = (f"record length {length} runs past the end of "
                                f"the file ({size - offset - hsize} bytes left)")
                 else:
-                    payload = read(length)
-                    if crc32(payload, crc32(header[4:])) != crc:
+                    if end > len(buf):
+                        # Bounded: length <= limit and <= what the file holds.
+                        buf = buf[pos:] + read(max(end - len(buf),
+                                                   _READ_BUFFER))
+                        base += pos
+                        end -= pos
+                        pos = 0
+                    payload = buf[pos + hsize:end]
+                    if len(payload) != length:
+                        problem = "record cut short (file shrank while read)"
+                    elif crc32(payload,
+                               crc32(buf[pos + 4:pos + hsize])) != crc:
                         problem = f"record CRC mismatch (seq {seq})"
                     elif flags or reserved:
                         problem = f"unknown record flags (seq {seq})"
             if problem is not None:
+                if n_fast:
+                    self._commit(next_seq, n_fast, last_rtype, number, end_off)
+                    n_fast = 0
                 resume_at = self._resync(f, offset + 1, size)
                 if resume_at is None:
                     if is_last:
@@ -249,24 +307,73 @@ class JournalReader:
                         self._diag("trailing_garbage", seg_path, offset,
                                    f"{problem}; {size - offset} bytes up to "
                                    "the end of this segment ignored")
-                    return
+                    break
                 self._diag("corrupt", seg_path, offset,
                            f"{problem}; skipped {resume_at - offset} damaged "
                            f"bytes, resuming at offset {resume_at}")
-                offset = resume_at
-                seek(offset)
+                f.seek(resume_at)
+                buf, base, pos = b"", resume_at, 0
                 continue
-            end = offset + hsize + length
-            record = self._accept(seq, rtype, payload, name, seg_path, offset,
-                                  decode, max_decode)
+            pos = end
+            if seq == next_seq and trusting:
+                if decode:
+                    # Inline msgpack call: this runs once per record.  Its
+                    # default limits (the payload's own length) bound every
+                    # allocation.  Timestamps (ext -1, decoded by msgpack
+                    # itself) are refused by the strict path.
+                    try:
+                        if 255 in payload:
+                            raise ValueError("may hold a timestamp")
+                        payload = unpackb(payload, ext_hook=ext_hook,
+                                          raw=False, strict_map_key=False)
+                    except Exception:
+                        if n_fast:
+                            self._commit(next_seq, n_fast, last_rtype,
+                                         number, end_off)
+                            n_fast = 0
+                        record = self._accept(seq, rtype, payload, name,
+                                              seg_path, offset)
+                        next_seq, trusting = self._next_seq, self._trusting
+                        if record is not None:
+                            append(record)
+                        continue
+                next_seq = seq + 1
+                n_fast += 1
+                last_rtype = rtype
+                end_off = base + end
+                append((seq, rtype, payload, name, offset, True))
+                if len(out) >= _BATCH:
+                    self._commit(next_seq, n_fast, last_rtype, number,
+                                 end_off)
+                    n_fast = 0
+                    yield out
+                    out = []
+                    append = out.append
+                continue
+            if n_fast:
+                self._commit(next_seq, n_fast, last_rtype, number, end_off)
+                n_fast = 0
+            record = self._accept(seq, rtype, payload, name, seg_path, offset)
+            next_seq, trusting = self._next_seq, self._trusting
             if record is not None:
-                if record.trusted:
-                    self.end = Position(number, end)
-                yield record
-            offset = end
+                if record[5]:
+                    self._end_segment = number
+                    self._end_offset = base + end
+                append(record)
+        if n_fast:
+            self._commit(next_seq, n_fast, last_rtype, number, end_off)
+        if out:
+            yield out
 
-    def _accept(self, seq, rtype, payload, name, seg_path, offset, decode,
-                max_decode):
+    def _commit(self, next_seq, n_fast, last_rtype, number, end_off):
+        self._next_seq = next_seq
+        self.records_read += n_fast
+        self.last_trusted_seq = next_seq - 1
+        self.clean_close = last_rtype == REC_CLOSE
+        self._end_segment = number
+        self._end_offset = end_off
+
+    def _accept(self, seq, rtype, payload, name, seg_path, offset):
         if seq < self._next_seq:
             if seq > self.after_seq:
                 self._diag("duplicate", seg_path, offset,
@@ -281,9 +388,9 @@ class JournalReader:
                        "missing, later records are not trusted", seq=seq)
             self._trusting = False
         self._next_seq = seq + 1
-        if decode:
+        if self.decode:
             try:
-                payload = codec.unpack(payload, max_decode)
+                payload = self._unpack(payload)
             except ValueError as exc:
                 self._diag("bad_payload", seg_path, offset,
                            f"record payload cannot be decoded (seq {seq}): "
@@ -295,7 +402,7 @@ class JournalReader:
         if trusted:
             self.last_trusted_seq = seq
             self.clean_close = rtype == REC_CLOSE
-        return Record(seq, rtype, payload, name, offset, trusted)
+        return (seq, rtype, payload, name, offset, trusted)
 
     def _resync(self, f, start, size):
         """Offset of the next intact record at or after ``start``, or None.

@@ -193,6 +193,11 @@ def inspect_existing(path: str, rid: int | None) -> ExistingFile:
                             f"{type(exc).__name__}: {exc}")
 
 
+def _read_dataset(name: str, obj: Any) -> None:
+    if isinstance(obj, h5py.Dataset):
+        obj[()]
+
+
 def _classify(f: h5py.File, rid: int | None) -> ExistingFile:
     group = f.get(GROUP)
     if isinstance(group, h5py.Group) and group.attrs.get("recovered", False):
@@ -204,9 +209,11 @@ def _classify(f: h5py.File, rid: int | None) -> ExistingFile:
     if missing:
         return ExistingFile("partial", "incomplete results file (missing "
                             + ", ".join(missing) + ")")
-    # Read the values ARTIQ writes last, and walk the tree: a file whose
-    # writer died before closing often opens but fails here.
-    f.visit(lambda name: None)
+    # Read every dataset: a file whose writer was killed before closing can
+    # open and list every name yet hold unwritten data pages (h5py reports
+    # "addr overflow" and the like only when the data is read).  Leaving
+    # such a file as "complete" would lose the journaled data.
+    f.visititems(_read_dataset)
     file_rid = int(f["rid"][()])
     f["expid"][()]
     if rid is not None and file_rid != rid:
