@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import NoSnapshot
-from .journal.constants import DEFAULT_MAX_RECORD_BYTES, REC_CHECKPOINT
+from .journal.constants import (DEFAULT_MAX_RECORD_BYTES, REC_APPEND,
+                                REC_CHECKPOINT)
 from .journal.framing import type_name
 from .journal.reader import Diagnostic, JournalReader, Position
 from .journal.snapshot import Snapshot, load_snapshot
@@ -100,12 +101,46 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
     # Set after a record that cannot be applied: everything after it
     # depends on it, so nothing later is trusted either.
     poisoned = False
+    # Runs of scalar appends to one plain-list dataset (most records of a
+    # long scan) are collected and applied with one list.extend -- the same
+    # effect as appending one by one, which cannot fail on a list.
+    run_key, run_target, run_values = None, None, []
+    append_type = REC_APPEND
+    datasets = state.datasets
+
+    def flush() -> None:
+        nonlocal applied
+        if run_values:
+            run_target.extend(run_values)
+            applied += len(run_values)
+            state.last_seq = run_last
+            state.closed = False
+            run_values.clear()
+
+    run_last = 0
+    fast = on_record is None
     for seq, rtype, payload, segment, offset, trusted in reader.iter_raw():
         if upto_seq is not None and seq > upto_seq:
             break
         if poisoned or not trusted:
             untrusted += 1
             continue
+        if fast and rtype == append_type and type(payload) is list \
+                and len(payload) == 2 and type(payload[0]) is str:
+            if payload[0] == run_key:
+                run_values.append(payload[1])
+                run_last = seq
+                continue
+            flush()
+            target = datasets.list_target(payload[0])
+            if target is not None:
+                run_key, run_target = payload[0], target
+                run_values.append(payload[1])
+                run_last = seq
+                continue
+        if run_values:
+            flush()
+        run_key = None
         try:
             apply(seq, rtype, payload)
         except BadRecord as exc:
@@ -118,6 +153,7 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
         applied += 1
         if on_record is not None:
             on_record(seq)
+    flush()
     result.diagnostics[:0] = reader.diagnostics
     result.records_applied = applied
     result.records_untrusted = untrusted

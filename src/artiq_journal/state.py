@@ -144,6 +144,20 @@ class DatasetState:
         if broadcast:
             self._publish({"action": "append", "path": [key, 1], "x": value})
 
+    def list_target(self, key: str) -> list | None:
+        """The dataset ``append_to(key, ...)`` would append to, when that is
+        a plain list and appending has no other effect (nothing published):
+        then appending values one by one equals one ``list.extend``.  None
+        otherwise (callers use :meth:`append_to`)."""
+        try:
+            target, broadcast = self._mutation_target(key)
+        except KeyError:
+            return None
+        if type(target) is not list or (
+                broadcast and type(self)._publish is not DatasetState._publish):
+            return None
+        return target
+
     def archive_value(self, key: str, value: Any) -> None:
         """What ``get(key, archive=True)`` does with a value read from the
         dataset DB: store it in ``archive``; a repeated read overwrites it

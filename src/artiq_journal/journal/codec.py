@@ -54,6 +54,22 @@ def _check_dtype(dtype: np.dtype) -> None:
             "supported")
 
 
+#: Arrays at least this big are framed without copying their buffer.
+ZERO_COPY_MIN = 64 * 1024
+_EXT32 = struct.Struct(">BIb")
+
+
+class LargeArray(Exception):
+    """Raised by the zero-copy packer's default hook: the record holds an
+    array worth writing from its own buffer (see :func:`pack_parts`)."""
+
+
+def _default_zero_copy(obj: Any) -> msgpack.ExtType:
+    if type(obj) is np.ndarray and obj.nbytes >= ZERO_COPY_MIN:
+        raise LargeArray
+    return _default(obj)
+
+
 def _default(obj: Any) -> msgpack.ExtType:
     # Called by msgpack for everything it does not pack natively.  With
     # strict_types=True that includes tuples and subclasses such as
@@ -97,11 +113,38 @@ def _default(obj: Any) -> msgpack.ExtType:
         "complex, str, bytes, list, tuple, dict and numpy arrays/scalars")
 
 
-def make_packer() -> msgpack.Packer:
+def make_packer(zero_copy: bool = False) -> msgpack.Packer:
     """A packer for journal payloads; reuse one per writer (it is not
-    thread-safe)."""
-    return msgpack.Packer(default=_default, strict_types=True,
+    thread-safe).  ``zero_copy``: raise :class:`LargeArray` instead of
+    copying a large array (the writer then calls :func:`pack_parts`)."""
+    return msgpack.Packer(default=_default_zero_copy if zero_copy
+                          else _default, strict_types=True,
                           use_bin_type=True, datetime=False)
+
+
+def pack_parts(obj: Any) -> list:
+    """``pack(obj)`` as a list of buffers whose concatenation is exactly
+    those bytes, with each large C-contiguous array that is a direct
+    element of the list ``obj`` left as a memoryview of its own memory
+    (msgpack ext32 header + array header, then the buffer).  Arrays nested
+    deeper are copied as usual."""
+    packer = make_packer()
+    if type(obj) is not list:
+        return [packer.pack(obj)]
+    parts = [packer.pack_array_header(len(obj))]
+    for item in obj:
+        if type(item) is np.ndarray and item.nbytes >= ZERO_COPY_MIN:
+            _check_dtype(item.dtype)
+            arr = np.ascontiguousarray(item)
+            head = _PACK_PLAIN([arr.dtype.str, list(arr.shape)])
+            parts.append(_EXT32.pack(0xc9, len(head) + arr.nbytes,
+                                     EXT_NDARRAY) + head)
+            # A uint8 view: every dtype allowed here (datetime64 included,
+            # which has no buffer-protocol format of its own) as raw bytes.
+            parts.append(memoryview(arr.reshape(-1).view(np.uint8)))
+        else:
+            parts.append(packer.pack(item))
+    return parts
 
 
 _PLAIN_PACKER = msgpack.Packer(use_bin_type=True, strict_types=False)
@@ -298,3 +341,4 @@ def unpack(data: bytes, max_bytes: int | None = None) -> Any:
         # ExtraData, FormatError, StackError, UnicodeDecodeError and
         # unhashable keys all end up here.
         raise DecodeError(f"bad msgpack: {type(exc).__name__}: {exc}") from None
+

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -26,7 +27,7 @@ from ..errors import (CorruptRecord, JournalClosed, JournalError,
                       JournalFailed, NotAJournal, RecordTooLarge,
                       UnsupportedVersion)
 from . import codec, lock as journal_lock, snapshot as snapshots
-from .constants import (CRC_FIELD, DEFAULT_MAX_RECORD_BYTES,
+from .constants import (CRC_FIELD, DEFAULT_MAX_RECORD_BYTES, RECORD_HEADER_SIZE,
                         DEFAULT_SEGMENT_BYTES, RECORD_HEADER_TAIL, REC_CLOSE,
                         SEGMENT_HEADER_SIZE)
 from .framing import (crc32, decode_segment_header, encode_segment_header,
@@ -81,7 +82,7 @@ class JournalWriter:
         self.segment_bytes = segment_bytes
         self.max_record_bytes = max_record_bytes
         self.ops = ops
-        self._broken: JournalError | None = None
+        self.__broken: JournalError | None = None
         #: Seq covered by the snapshot that the next rotation turns into
         #: checkpoint.old (None: unknown, so delete nothing).
         self._snapshot_seq: int | None = None
@@ -97,8 +98,9 @@ class JournalWriter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Hot-path bindings: attribute lookups saved on every append.
-        self._pack = codec.make_packer().pack
+        self._pack = codec.make_packer(zero_copy=True).pack
         self._tail_pack = RECORD_HEADER_TAIL.pack
+        self._crc_pack = CRC_FIELD.pack
         self._write = ops.write
         self._always = fsync == "always"
 
@@ -210,10 +212,12 @@ class JournalWriter:
         for values that cannot be journaled (nothing is written then),
         RecordTooLarge, and JournalFailed after any I/O error.
         """
-        if self._broken is not None:
-            raise self._broken
+        # No "broken?" test here: a failed or closed writer's _pack raises
+        # the stored error (see _broken), so the fast path pays nothing.
         try:
             payload = self._pack(obj)
+        except codec.LargeArray:
+            return self._append_parts(rtype, codec.pack_parts(obj))
         except BaseException:
             self._reset_packer()
             raise
@@ -223,26 +227,70 @@ class JournalWriter:
                 f"record of {length} bytes exceeds the maximum record size "
                 f"{self.max_record_bytes}", path=self.path)
         seq = self._seq + 1
-        tail = self._tail_pack(length, seq, rtype, 0, 0)
-        data = CRC_FIELD.pack(crc32(payload, crc32(tail))) + tail + payload
-        fd = self._fd
+        body = self._tail_pack(length, seq, rtype, 0, 0) + payload
+        data = self._crc_pack(crc32(body)) + body
         try:
-            written = self._write(fd, data)
+            written = self._write(self._fd, data)
             if written != len(data):
-                self._write_all(fd, memoryview(data)[written:])
+                self._write_all(self._fd, memoryview(data)[written:])
         except OSError as exc:
             self._fail(exc, self._segment_path(), "write")
         self._seq = seq
-        self._offset += len(data)
+        offset = self._offset = self._offset + len(data)
         if self._always:
-            try:
-                self.ops.fdatasync(fd)
-            except OSError as exc:
-                self._fail(exc, self._segment_path(), "fdatasync")
-            self._durable_seq = seq
+            self._sync_appended(seq)
+        if offset >= self.segment_bytes:
+            self._rotate()
+        return seq
+
+    def _sync_appended(self, seq: int) -> None:
+        try:
+            self.ops.fdatasync(self._fd)
+        except OSError as exc:
+            self._fail(exc, self._segment_path(), "fdatasync")
+        self._durable_seq = seq
+
+    def _append_parts(self, rtype: int, parts: list) -> int:
+        """append() for a record holding large arrays: header and payload
+        pieces go to the kernel with writev, the arrays straight from their
+        own memory (no copy), the CRC computed over the pieces in order."""
+        if self._broken is not None:
+            raise self._broken
+        length = sum(len(p) for p in parts)
+        if length > self.max_record_bytes:
+            raise RecordTooLarge(
+                f"record of {length} bytes exceeds the maximum record size "
+                f"{self.max_record_bytes}", path=self.path)
+        seq = self._seq + 1
+        tail = self._tail_pack(length, seq, rtype, 0, 0)
+        crc = crc32(tail)
+        for part in parts:
+            crc = crc32(part, crc)
+        views = [memoryview(self._crc_pack(crc) + tail)]
+        views.extend(memoryview(p) for p in parts)
+        try:
+            self._writev_all(self._fd, views)
+        except OSError as exc:
+            self._fail(exc, self._segment_path(), "write")
+        self._seq = seq
+        self._offset += RECORD_HEADER_SIZE + length
+        if self._always:
+            self._sync_appended(seq)
         if self._offset >= self.segment_bytes:
             self._rotate()
         return seq
+
+    def _writev_all(self, fd: int, views: list) -> None:
+        # writev may stop short (signals, >2 GiB): resume after what went.
+        while views:
+            n = self.ops.writev(fd, views[:1024])
+            if n <= 0:
+                raise OSError(28, "short write")
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
 
     def _write_all(self, fd: int, data) -> None:
         view = memoryview(data)
@@ -255,7 +303,22 @@ class JournalWriter:
     def _reset_packer(self) -> None:
         # A pack that raised half-way may leave bytes in the packer's buffer;
         # a fresh packer guarantees the next record is not prefixed by them.
-        self._pack = codec.make_packer().pack
+        if self.__broken is None:
+            self._pack = codec.make_packer(zero_copy=True).pack
+
+    @property
+    def _broken(self) -> JournalError | None:
+        return self.__broken
+
+    @_broken.setter
+    def _broken(self, error: JournalError | None) -> None:
+        # Once failed or closed, every append raises ``error``: swapping the
+        # packer for a raiser keeps that test off the append fast path.
+        self.__broken = error
+        if error is not None:
+            def refuse(obj: Any) -> bytes:
+                raise error
+            self._pack = refuse
 
     def _segment_path(self) -> str:
         return os.path.join(self.path, segment_name(self._segment))
@@ -332,7 +395,14 @@ class JournalWriter:
         self._durable_seq = target
 
     def _group_commit_loop(self) -> None:
-        while not self._stop.wait(self.group_interval):
+        # Fixed-rate ticks, not "sleep interval after each sync": a record
+        # appended just after a sync started is then durable within one
+        # interval plus one sync, not interval plus two syncs.
+        interval = self.group_interval
+        clock = time.monotonic
+        deadline = clock() + interval
+        while not self._stop.wait(max(0.0, deadline - clock())):
+            deadline = max(deadline + interval, clock())
             if self._broken is not None:
                 return
             with self._sync_lock:
