@@ -180,6 +180,24 @@ class _NullNode:
     attrs = _NullAttrs()
 
 
+def _numeric_list_as_array(value: Any) -> Any:
+    """A list whose numpy conversion is numeric, as that array; else the
+    value unchanged.
+
+    Same bytes in the file: for such a list h5py finds no string item and
+    stores ``numpy.asarray(value)`` itself -- but only after walking every
+    element in Python to look for strings, which dominates writing a scan of
+    a million points.
+    """
+    if type(value) is not list or not value:
+        return value
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        return value
+    return array if array.dtype.kind in "biufc" else value
+
+
 class _GuardedGroup:
     """The ``group[key] = value`` / ``group[key].attrs[...]`` interface that
     ``DatasetState.write_hdf5`` uses, with escaping and PYON fallback."""
@@ -201,7 +219,7 @@ class _GuardedGroup:
             self._sink.escaped.append(json.dumps(
                 [self._group.name.lstrip("/"), name, key]))
         try:
-            self._group[name] = value
+            self._group[name] = _numeric_list_as_array(value)
             return
         except (TypeError, ValueError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
