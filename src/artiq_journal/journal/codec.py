@@ -319,6 +319,8 @@ def make_unpack(max_bytes: int) -> Callable[[bytes], Any]:
             raise
         except (ValueError, TypeError, msgpack.UnpackException,
                 RecursionError, MemoryError) as exc:
+            # ExtraData, FormatError, StackError, UnicodeDecodeError and
+            # unhashable keys all end up here.
             hook.depth = 0
             raise DecodeError(
                 f"bad msgpack: {type(exc).__name__}: {exc}") from None
@@ -328,17 +330,6 @@ def make_unpack(max_bytes: int) -> Callable[[bytes], Any]:
 def unpack(data: bytes, max_bytes: int | None = None) -> Any:
     """Decode one value.  Raises :class:`DecodeError` on any damage,
     including trailing bytes, invalid UTF-8 and unhashable map keys."""
-    hook = _Decoder(max_bytes if max_bytes is not None else max(len(data), 1))
-    try:
-        value = _unpackb(data, hook)
-        if _could_hold_timestamp(data):
-            _reject_timestamps(value)
-        return value
-    except DecodeError:
-        raise
-    except (ValueError, TypeError, msgpack.UnpackException,
-            RecursionError, MemoryError) as exc:
-        # ExtraData, FormatError, StackError, UnicodeDecodeError and
-        # unhashable keys all end up here.
-        raise DecodeError(f"bad msgpack: {type(exc).__name__}: {exc}") from None
+    limit = max_bytes if max_bytes is not None else max(len(data), 1)
+    return make_unpack(limit)(data)
 

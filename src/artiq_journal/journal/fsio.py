@@ -39,3 +39,16 @@ class FileOps:
 
 #: The process-wide default; never mutate it, pass another instance instead.
 OS_FILE_OPS = FileOps()
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file or directory by path (a directory: so entries created,
+    renamed or removed in it survive power loss)."""
+    flags = os.O_RDONLY
+    if os.path.isdir(path):
+        flags |= getattr(os, "O_DIRECTORY", 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

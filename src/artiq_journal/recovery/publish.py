@@ -25,6 +25,8 @@ from typing import Any
 
 import h5py
 
+from ..journal.fsio import fsync_path
+
 from .hdf5_out import GROUP
 from .report import Problem
 
@@ -39,19 +41,11 @@ _TMP_SUFFIX = ".recover-tmp"
 
 def fsync_dir(directory: str) -> None:
     """fsync a directory: renames and links in it are durable only then."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(directory)
 
 
 def fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path)
 
 
 def makedirs_durable(directory: str) -> None:

@@ -39,6 +39,8 @@ from typing import Any, Callable
 
 import numpy
 
+from ..journal.fsio import fsync_path
+
 __all__ = ["encode", "decode", "store_file", "load_file"]
 
 _TAG = "__jsonclass__"
@@ -183,11 +185,7 @@ def store_file(filename: str, x: Any) -> None:
         tmpname = f.name
     os.replace(tmpname, filename)
     # fsync the directory, or the rename itself may be lost on power failure
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(directory)
 
 
 def load_file(filename: str) -> Any:

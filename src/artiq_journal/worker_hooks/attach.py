@@ -59,6 +59,7 @@ from ..journal.constants import (JOURNAL_SUFFIX, REC_APPEND, REC_ARCHIVE,
                                  REC_CHECKPOINT, REC_MUTATE, REC_RESUMED_FROM,
                                  REC_RUN_INFO, REC_SET, REC_STAGE,
                                  SNAPSHOT_NAME)
+from ..journal.fsio import fsync_path
 from ..journal.writer import JournalWriter
 from ..runstate import RunState
 from ..state import DatasetState
@@ -171,11 +172,7 @@ def _fsync_dirs(path: str, levels: int) -> None:
     created results/<date>/<hour> without syncing, and a journal whose
     directory entry is lost is lost entirely."""
     for _ in range(levels):
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path)
         parent = os.path.dirname(path)
         if parent == path:
             break
@@ -586,11 +583,7 @@ def _check_results_file(path: str, keys: tuple[str, ...]) -> str | None:
 def _fsync_file_and_dir(path: str) -> None:
     # ARTIQ never fsyncs its results file; once the journal is deleted the
     # file is the only copy, so it must be on the disk first.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path)
     _fsync_dirs(os.path.dirname(path), 1)
 
 
