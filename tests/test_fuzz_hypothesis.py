@@ -60,18 +60,7 @@ N = 20 if TORTURE else 1  # examples multiplier
 #: Each has a strict-xfail input in tests/fuzz_regressions/; here a hit is
 #: counted and printed, so that a *new* crash still fails the test while a
 #: known one does not hide the others.
-KNOWN_BUGS = {
-    "codec: zero-itemsize ndarray with a huge shape (OverflowError)":
-        (OverflowError, "codec.py:_decode_ndarray"),
-    "codec: dtype string parsed by ast.literal_eval (SyntaxError)":
-        (SyntaxError, "codec.py:_dtype"),
-    "RunState.apply: out-of-range numpy assignment (OverflowError)":
-        (OverflowError, "runstate.py:apply"),
-    "replay: snapshot body not a map / position not finite":
-        ((IndexError, OverflowError), "replay.py:_snapshot_start"),
-    "recovery: closed_cleanly on a segment shorter than its header":
-        (AssertionError, "read length must be non-negative"),
-}
+KNOWN_BUGS = {}
 COUNTS: collections.Counter = collections.Counter()
 
 
@@ -361,11 +350,6 @@ def test_lying_msgpack_headers_do_not_allocate():
         assert _peak_mib(decode) < 8, name
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG reader.py _resync: every "
-                   "plausible header in damaged bytes costs a CRC over its "
-                   "claimed length, so crafted garbage makes one resync "
-                   "quadratic (1 MiB ~ 5 s, a 64 MiB segment ~ hours)")
 def test_resync_over_crafted_garbage_is_linear(tmp_path, monkeypatch):
     # k fake headers, each claiming a payload that runs almost to the end.
     k, tail = 2000, 20_000

@@ -21,33 +21,7 @@ HARNESSES = ("fuzz_reader", "fuzz_snapshot", "fuzz_recovery")
 
 #: Open bugs, by file (strict xfail: the test fails once the bug is fixed,
 #: so remember to remove the entry then).
-KNOWN_BUGS = {
-    "fuzz_reader/ndarray-zero-itemsize-huge-shape.hex": (
-        OverflowError,
-        "codec._decode_ndarray: np.frombuffer raises OverflowError for a "
-        "zero-itemsize dtype with a huge shape; codec only catches "
-        "ValueError/TypeError/..."),
-    "fuzz_reader/mutate-int8-out-of-range.hex": (
-        OverflowError,
-        "runstate.RunState.apply does not catch OverflowError (numpy 2 "
-        "raises it for out-of-range integer assignment), so replay raises"),
-    "fuzz_reader/dtype-string-parsed-by-literal-eval.hex": (
-        SyntaxError,
-        "codec._dtype: np.dtype() runs ast.literal_eval on the shape part "
-        "of a comma-string dtype from the journal; the SyntaxError escapes"),
-    "fuzz_snapshot/body-is-an-ndarray.hex": (
-        IndexError,
-        "replay._snapshot_start assumes the checkpoint payload is a map: "
-        "body['state'] on a numpy array raises IndexError"),
-    "fuzz_snapshot/position-is-infinite.hex": (
-        OverflowError,
-        "replay._snapshot_start: int(position) of an infinite float raises "
-        "OverflowError"),
-    "fuzz_recovery/empty-last-segment.hex": (
-        AssertionError,  # the harness's "recovery failed: ValueError"
-        "recovery/discover.py closed_cleanly: f.read(size - start) with "
-        "size < 32 (empty last segment after a crash) raises ValueError"),
-}
+KNOWN_BUGS = {}
 
 
 def read_input(path: str) -> bytes:

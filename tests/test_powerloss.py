@@ -302,11 +302,6 @@ def test_reopen_after_power_loss_truncates_torn_tail_and_continues(
     _report(capsys, f"reopen-after-crash ({first_run})", report)
 
 
-@pytest.mark.xfail(strict=True, raises=CorruptRecord,
-                   reason="BUG writer.py _open_tail: reads the "
-                   "journal from seq 1 ignoring the snapshot, so once "
-                   "write_snapshot deleted covered segments the gap makes "
-                   "reopening refuse with CorruptRecord")
 def test_reopen_after_snapshots_deleted_covered_segments_continues(tmp_path):
     path = str(tmp_path / JOURNAL)
     writer = JournalWriter(path, fsync="always", segment_bytes=SEGMENT_BYTES)
@@ -336,11 +331,6 @@ def test_fsync_never_is_durable_at_each_snapshot(tmp_path, capsys):
     _report(capsys, "never+snapshots", report)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG writer.py, fsync='never': "
-                   "rotation neither fdatasyncs the old segment nor fsyncs "
-                   "the directory, yet sync()/close() set durable_seq to "
-                   "everything after syncing only the current segment")
 def test_fsync_never_sync_and_close_make_everything_durable(tmp_path):
     rec = _recorder(tmp_path)
     expect = Expectations()
@@ -349,11 +339,6 @@ def test_fsync_never_sync_and_close_make_everything_durable(tmp_path):
     assert report.lost_states == 0, report.violations[0]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG reader.py/writer.py: a new last "
-                   "segment whose header reads as zeros (size durable, data "
-                   "not: XFS/ext4 writeback) is reported as damage and "
-                   "reopening is refused; an empty one is handled")
 def test_zero_filled_new_segment_is_a_torn_tail(tmp_path):
     rec = _recorder(tmp_path)
     expect = Expectations()
@@ -364,12 +349,6 @@ def test_zero_filled_new_segment_is_a_torn_tail(tmp_path):
     assert report.violations == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG writer.py _ensure_dir: "
-                   "os.makedirs(parent) creates missing ancestors (ARTIQ's "
-                   "results/<date>/<hour>/) without fsyncing the directories "
-                   "that hold their names, so power loss can drop the whole "
-                   "journal after fsync='always' acknowledged records")
 def test_journal_in_a_new_results_directory_survives_power_loss(
         tmp_path, monkeypatch):
     rec = _recorder(tmp_path)
@@ -421,12 +400,6 @@ def test_journal_without_snapshot_replays_as_undamaged(tmp_path):
     assert not result.damaged
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG replay.py _snapshot_start: an "
-                   "incomplete checkpoint.new left by power loss during "
-                   "write_snapshot is reported as error-severity damage when "
-                   "no intact 'checkpoint' is there (first snapshot, or only "
-                   "checkpoint.old after an interrupted rotation)")
 def test_interrupted_first_snapshot_replays_as_undamaged(tmp_path):
     path = str(tmp_path / JOURNAL)
     with JournalWriter(path, fsync="always") as writer:

@@ -53,6 +53,16 @@ class UnsupportedVersion(JournalError):
     """The file was written by a newer (or unknown) format version."""
 
 
+class UnsupportedSnapshotVersion(CorruptSnapshot, UnsupportedVersion):
+    """A checkpoint file was written by a newer (or unknown) format version.
+
+    Both a :class:`CorruptSnapshot` (the file cannot be used, so a loader
+    falls back on an older checkpoint exactly as for a damaged one) and an
+    :class:`UnsupportedVersion` (the remedy is a newer artiq-journal, not
+    repair), so a caller can tell the two apart.
+    """
+
+
 class JournalLocked(JournalError):
     """Another live process holds the journal's lock."""
 

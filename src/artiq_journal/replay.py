@@ -43,6 +43,15 @@ class ReplayResult:
         return self.state.last_seq
 
 
+#: Every diagnostic about a checkpoint file has this severity.  A bad or
+#: missing checkpoint loses nothing by itself: replay falls back on an older
+#: one (or none) and reads the records after it, and if records it needed
+#: were deleted, the reader reports the sequence gap -- that is the error.
+#: (An incomplete ``checkpoint.new`` is the normal state after a crash
+#: during a snapshot.)
+_SNAPSHOT_SEVERITY = "info"
+
+
 def _snapshot_start(path: str, result: ReplayResult, upto_seq: int | None
                     ) -> tuple[RunState, int, Position | None]:
     try:
@@ -52,7 +61,8 @@ def _snapshot_start(path: str, result: ReplayResult, upto_seq: int | None
                            for p in getattr(exc, "problems", ()))
         if not missing_only:
             result.diagnostics.append(Diagnostic(
-                "snapshot", path, None, exc.reason))
+                "snapshot", path, None, exc.reason,
+                severity=_SNAPSHOT_SEVERITY))
         result.snapshot_note = exc.reason
         return RunState(), 0, None
     if upto_seq is not None and snap.seq > upto_seq:
@@ -63,21 +73,37 @@ def _snapshot_start(path: str, result: ReplayResult, upto_seq: int | None
         if not problem.endswith("missing"):
             result.diagnostics.append(Diagnostic(
                 "snapshot", path, None, f"{problem} (fell back on "
-                f"{snap.name})", severity="error" if snap.name.endswith(
-                    ".old") else "info"))
+                f"{snap.name})", severity=_SNAPSHOT_SEVERITY))
     try:
-        body = snap.state
-        state = RunState.from_snapshot(body["state"], snap.seq)
-        seg, off = body["position"]
-        position = Position(int(seg), int(off))
-    except (BadRecord, KeyError, TypeError, ValueError) as exc:
+        state, position = _run_state_of(snap)
+    except Exception as exc:
+        # The CRC matched, so the writer (or a buggy or foreign one) wrote
+        # this: whatever its content makes fail, start without it.
         result.diagnostics.append(Diagnostic(
             "snapshot", snap.path, None,
-            f"snapshot content is not a run state: {exc}"))
+            f"snapshot content is not a run state: {exc}",
+            severity=_SNAPSHOT_SEVERITY))
         return RunState(), 0, None
     result.snapshot = snap
     result.snapshot_note = snap.reason
     return state, snap.seq, position
+
+
+def _run_state_of(snap: Snapshot) -> tuple[RunState, Position]:
+    """The run state and reading position a checkpoint holds (FORMAT.md,
+    section 5); raises BadRecord if its content has another shape."""
+    body = snap.state
+    if type(body) is not dict or "state" not in body \
+            or "position" not in body:
+        raise BadRecord("expected a map with 'state' and 'position'")
+    position = body["position"]
+    # A list as written (FORMAT.md); a tuple too, as the writer accepts it.
+    if not (type(position) in (list, tuple) and len(position) == 2
+            and all(type(v) is int for v in position)
+            and 0 <= position[0] < 1 << 32 and 0 <= position[1] < 1 << 63):
+        raise BadRecord("'position' is not [segment number, byte offset]")
+    state = RunState.from_snapshot(body["state"], snap.seq)
+    return state, Position(position[0], position[1])
 
 
 def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
@@ -165,18 +191,20 @@ def last_checkpoint_seq(path: str | os.PathLike,
                         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
                         ) -> int | None:
     """Seq of the last trusted checkpoint record (a raw scan: payloads are
-    CRC-checked, not decoded)."""
-    last = None
-    try:
-        snap = load_snapshot(os.fspath(path))
-        body = snap.state.get("state", {}) if isinstance(snap.state, dict) \
-            else {}
-        if isinstance(body.get("checkpoint_seq"), int):
-            last = body["checkpoint_seq"]
-    except NoSnapshot:
-        pass
-    for record in JournalReader(os.fspath(path), decode=False,
-                                max_record_bytes=max_record_bytes):
+    CRC-checked, not decoded).
+
+    Starts where :func:`replay` does -- at the snapshot -- because the
+    segments a snapshot covers may have been deleted: scanning from seq 1
+    would see a sequence gap and trust nothing after it."""
+    path = os.fspath(path)
+    scratch = ReplayResult(path, RunState())
+    state, after_seq, position = _snapshot_start(path, scratch, None)
+    last = state.checkpoint_seq if state.checkpoint is not None else None
+    if not (type(last) is int and 0 < last <= after_seq):
+        last = None
+    for record in JournalReader(path, decode=False,
+                                max_record_bytes=max_record_bytes,
+                                after_seq=after_seq, start=position):
         if record.trusted and record.rtype == REC_CHECKPOINT:
             last = record.seq
     return last

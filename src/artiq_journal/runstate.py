@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CorruptSnapshot
 from .journal.constants import (REC_APPEND, REC_ARCHIVE, REC_CHECKPOINT,
                                 REC_CLOSE, REC_MUTATE, REC_RESUMED_FROM,
                                 REC_RUN_INFO, REC_SET, REC_STAGE)
@@ -43,15 +42,18 @@ class RunState:
     last_seq: int = 0
 
     def apply(self, seq: int, rtype: int, payload: Any) -> None:
-        """Apply one decoded record.  Raises BadRecord for a payload of the
-        wrong shape and whatever ARTIQ's DatasetManager would raise for an
-        operation that fails (which the writer never journals)."""
+        """Apply one decoded record.  Raises BadRecord, and nothing else,
+        for a record that cannot be applied: a payload of the wrong shape,
+        or an operation that fails the way ARTIQ's DatasetManager would
+        (the writer journals only operations that succeeded, so such a
+        record is not what the writer wrote).  The state may then be
+        partly changed; callers trust nothing after it."""
         if rtype == REC_APPEND and type(payload) is list \
                 and len(payload) == 2 and type(payload[0]) is str:
             # Fast path: scalar appends are most records of a long scan.
             try:
                 self.datasets.append_to(payload[0], payload[1])
-            except (KeyError, AttributeError, TypeError) as exc:
+            except Exception as exc:
                 raise BadRecord(f"{type(exc).__name__}: {exc}") from None
             self.last_seq = seq
             self.closed = False
@@ -64,10 +66,11 @@ class RunState:
             handler(self, payload)
         except BadRecord:
             raise
-        except (TypeError, ValueError, IndexError, KeyError,
-                AttributeError) as exc:
+        except Exception as exc:
             # The writer journals only operations that succeeded, so a
-            # failing one means the record is not what the writer wrote.
+            # failing one means the record is not what the writer wrote --
+            # whatever it raises (numpy: OverflowError for an out-of-range
+            # integer assignment).
             raise BadRecord(f"{type(exc).__name__}: {exc}") from None
         if rtype == REC_CHECKPOINT:
             self.checkpoint_seq = seq
@@ -107,8 +110,11 @@ class RunState:
                 resumed_from=_opt_dict(data.get("resumed_from")),
                 last_seq=seq,
             )
-        except (KeyError, TypeError, ValueError, IndexError,
-                CorruptSnapshot) as exc:
+        except BadRecord:
+            raise
+        except Exception as exc:
+            # CorruptSnapshot from the dataset state, or anything else a
+            # hostile structure makes it raise.
             raise BadRecord(f"bad snapshot state: {exc}") from None
 
 

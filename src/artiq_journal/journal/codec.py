@@ -16,6 +16,7 @@ the reader turns into a diagnostic.
 from __future__ import annotations
 
 import functools
+import re
 import struct
 import threading
 from typing import Any, Callable
@@ -36,6 +37,11 @@ MAX_BIGINT_BYTES = 4096
 MAX_EXT_DEPTH = 64
 #: numpy dtype kinds whose bytes are self-describing given ``dtype.str``.
 _PLAIN_KINDS = frozenset("biufcSUmM")
+#: The shape of every ``dtype.str`` of those kinds: byte order, kind, item
+#: size, optional datetime unit.  Checked before numpy sees the string:
+#: ``np.dtype()`` also parses comma strings with ``ast.literal_eval`` and
+#: accepts deprecated aliases, none of which a writer ever produces.
+_DTYPE_STR = re.compile(r"[<>|=][biufcSUmM][0-9]+(\[[A-Za-z0-9]+\])?")
 
 
 _pack_depth = threading.local()
@@ -52,6 +58,14 @@ def _check_dtype(dtype: np.dtype) -> None:
             f"cannot journal numpy dtype {dtype!r}: only bool, integer, "
             "float, complex, bytes (S), str (U) and datetime dtypes are "
             "supported")
+
+
+def _check_array_dtype(dtype: np.dtype) -> None:
+    _check_dtype(dtype)
+    if dtype.itemsize == 0:
+        # Its shape would not be bounded by its bytes; the reader refuses it.
+        raise TypeError(f"cannot journal a numpy array of item size 0 "
+                        f"({dtype.str})")
 
 
 #: Arrays at least this big are framed without copying their buffer.
@@ -75,7 +89,7 @@ def _default(obj: Any) -> msgpack.ExtType:
     # strict_types=True that includes tuples and subclasses such as
     # numpy.float64 (a float subclass), so their exact type survives.
     if type(obj) is np.ndarray:
-        _check_dtype(obj.dtype)
+        _check_array_dtype(obj.dtype)
         head = _PACK_PLAIN([obj.dtype.str, list(obj.shape)])
         body = np.ascontiguousarray(obj).tobytes()
         return msgpack.ExtType(EXT_NDARRAY, head + body)
@@ -206,19 +220,36 @@ class _Decoder:
                 return int.from_bytes(data, "little", signed=True)
         except DecodeError:
             raise
-        except (ValueError, TypeError, msgpack.UnpackException,
-                RecursionError, MemoryError) as exc:
-            raise DecodeError(f"bad ext type {code}: {exc}") from None
+        except Exception as exc:
+            # Whatever numpy or msgpack raise on hostile input (ValueError,
+            # OverflowError, MemoryError, RecursionError, ...): the reader
+            # must see damage, never an exception it does not expect.
+            raise DecodeError(
+                f"bad ext type {code}: {type(exc).__name__}: {exc}") from None
         raise DecodeError(f"unknown ext type {code}")
 
 
 def _dtype(dtype_str: Any) -> np.dtype:
-    if not isinstance(dtype_str, str) or len(dtype_str) > 32:
+    """The dtype a writer stored as ``dtype.str``; only that exact,
+    canonical spelling is accepted."""
+    if type(dtype_str) is not str or len(dtype_str) > 32:
         raise DecodeError("bad dtype field")
+    return _checked_dtype(dtype_str)
+
+
+# Cached: a journal holds a few dtypes many times.  Only valid ones are
+# kept (a DecodeError is not cached), and np.dtype objects are immutable.
+@functools.lru_cache(maxsize=64)
+def _checked_dtype(dtype_str: str) -> np.dtype:
+    if _DTYPE_STR.fullmatch(dtype_str) is None:
+        raise DecodeError(f"bad dtype field {dtype_str!r:.40}")
     try:
         dtype = np.dtype(dtype_str)
-    except TypeError as exc:
+    except Exception as exc:
         raise DecodeError(f"bad dtype {dtype_str!r}: {exc}") from None
+    if dtype.str != dtype_str:
+        raise DecodeError(f"dtype {dtype_str!r} is not in canonical form "
+                          f"({dtype.str!r})")
     try:
         _check_dtype(dtype)
     except TypeError as exc:
@@ -252,6 +283,9 @@ def _decode_ndarray(data: bytes) -> np.ndarray:
             and len(head[1]) <= 32):
         raise DecodeError("bad array header")
     dtype = _dtype(head[0])
+    if dtype.itemsize == 0:
+        # No writer produces one, and its shape is not bounded by the body.
+        raise DecodeError(f"array of item size 0 ({dtype.str})")
     shape = tuple(head[1])
     count = 1
     for d in shape:
@@ -316,11 +350,11 @@ def make_unpack(max_bytes: int) -> Callable[[bytes], Any]:
                 _reject_timestamps(value)
             return value
         except DecodeError:
+            hook.depth = 0
             raise
-        except (ValueError, TypeError, msgpack.UnpackException,
-                RecursionError, MemoryError) as exc:
-            # ExtraData, FormatError, StackError, UnicodeDecodeError and
-            # unhashable keys all end up here.
+        except Exception as exc:
+            # ExtraData, FormatError, StackError, UnicodeDecodeError,
+            # unhashable keys -- anything: callers catch DecodeError only.
             hook.depth = 0
             raise DecodeError(
                 f"bad msgpack: {type(exc).__name__}: {exc}") from None

@@ -12,7 +12,7 @@ import os
 
 import filelock
 
-from ..errors import JournalLocked
+from ..errors import JournalFailed, JournalLocked, NotAJournal
 from .constants import LOCK_NAME
 
 # An flock-based lock on POSIX: the kernel drops it when the holder dies.  A
@@ -26,15 +26,27 @@ def lock_path(journal_dir: str) -> str:
 
 
 def acquire(journal_dir: str) -> filelock.BaseFileLock:
-    """Take the writer lock without waiting; raise JournalLocked if a live
-    process holds it."""
-    lock = _LockClass(lock_path(journal_dir), timeout=0, thread_local=False)
+    """Take the writer lock without waiting.
+
+    Raises JournalLocked if a live process holds it; NotAJournal if something
+    other than a file is where the lock file belongs; JournalFailed, naming
+    the lock file, if it cannot be opened for writing (EACCES, EROFS, ...):
+    then no writer could append here anyway.
+    """
+    path = lock_path(journal_dir)
+    lock = _LockClass(path, timeout=0, thread_local=False)
     try:
         lock.acquire()
     except filelock.Timeout:
         raise JournalLocked("journal is locked by a live writer "
                             "(another process is still writing it)",
                             path=journal_dir) from None
+    except (IsADirectoryError, NotADirectoryError) as exc:
+        raise NotAJournal(f"cannot take the writer lock: "
+                          f"{exc.strerror or exc}", path=path) from exc
+    except OSError as exc:
+        raise JournalFailed(f"cannot take the writer lock: "
+                            f"{exc.strerror or exc}", path=path) from exc
     return lock
 
 

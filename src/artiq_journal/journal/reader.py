@@ -12,6 +12,11 @@ Guarantees (see docs/FORMAT.md, "Reading"):
 * Damage followed by nothing valid is a *torn tail* (normal after a crash).
   Damage followed by a valid record is *corruption*; the reader scans
   forward for the next valid record so later data is not silently dropped.
+  That scan has a budget (a few times the segment size in CRC work); if
+  crafted garbage exhausts it, the rest of the segment is reported as
+  damage -- never as a torn tail.
+* A new last segment whose bytes are all zeros, header included, is a torn
+  tail: a crash after its size reached the disk but before its data did.
 * Each record carries ``trusted``: True while every sequence number from the
   start (or the snapshot) is present.  After a gap or an undecodable record
   later records are still yielded but untrusted; recovery leaves them out.
@@ -35,6 +40,16 @@ from .framing import (crc32, decode_segment_header, parse_segment_name,
 _RESYNC_CHUNK = 1 << 20
 _READ_BUFFER = 1 << 20
 _BATCH = 256
+#: CRC work allowed for finding intact records after damage, per segment:
+#: this many times the bytes scanned, plus _RESYNC_BUDGET_EXTRA.  Any one
+#: candidate costs at most the bytes left in the file, so an intact record
+#: is always found behind a few false candidates; crafted garbage (each
+#: plausible header claiming a payload up to the end of the file) would
+#: otherwise cost time quadratic in the segment size.
+_RESYNC_BUDGET_FACTOR = 4
+_RESYNC_BUDGET_EXTRA = 64 * 1024
+#: _resync's answer when the budget ran out before it found an intact record.
+_GAVE_UP = -1
 
 
 @dataclass
@@ -200,6 +215,16 @@ class JournalReader:
                                    "empty segment (crash during creation)",
                                    severity="info")
                         return
+                    if is_last and not any(head) and _zeros_to_end(f):
+                        # The file's size reached the disk but none of its
+                        # data did (XFS/ext4 delayed allocation after power
+                        # loss).  The header is synced before any record
+                        # in a segment, so nothing in it was acknowledged.
+                        self._diag("torn_tail", seg_path, 0,
+                                   f"segment of {size} zero bytes (crash "
+                                   "before its header reached the disk)",
+                                   severity="info")
+                        return
                     self._diag(kind, seg_path, 0, str(exc))
                     if kind == "unsupported_version":
                         # Records of a newer format may mean something else:
@@ -225,7 +250,13 @@ class JournalReader:
                     self._next_seq = header.first_seq
                 offset = SEGMENT_HEADER_SIZE
                 if start_offset is not None and start_offset >= offset:
-                    offset = start_offset
+                    # At most the end of the file: a position beyond it
+                    # finds no record there, as before, without a seek
+                    # that overflows.
+                    offset = min(start_offset, max(size, offset))
+                self._resync_budget = (_RESYNC_BUDGET_FACTOR
+                                       * max(size - offset, 0)
+                                       + _RESYNC_BUDGET_EXTRA)
                 yield from self._scan(f, name, seg_path, size, offset, number,
                                       is_last)
             except OSError as exc:
@@ -296,7 +327,20 @@ class JournalReader:
                 if n_fast:
                     self._commit(next_seq, n_fast, last_rtype, number, end_off)
                     n_fast = 0
+                if problem.startswith(("record CRC", "unknown record flags")):
+                    # That CRC ran over damaged bytes: it counts against
+                    # the budget, or one bogus header per few bytes would
+                    # cost a CRC over the rest of the file each.
+                    self._resync_budget -= hsize + length
                 resume_at = self._resync(f, offset + 1, size)
+                if resume_at == _GAVE_UP:
+                    self._diag("corrupt", seg_path, offset,
+                               f"{problem}; resync gave up (crafted or "
+                               "pathological data: the search for the next "
+                               "intact record exceeded its budget); "
+                               f"{size - offset} bytes up to the end of this "
+                               "segment not read")
+                    break
                 if resume_at is None:
                     if is_last:
                         self._diag("torn_tail", seg_path, offset,
@@ -405,7 +449,9 @@ class JournalReader:
         return (seq, rtype, payload, name, offset, trusted)
 
     def _resync(self, f, start, size):
-        """Offset of the next intact record at or after ``start``, or None.
+        """Offset of the next intact record at or after ``start``, None if
+        there is none, or _GAVE_UP when ``self._resync_budget`` (bytes of
+        CRC work left for this segment) ran out first.
 
         A candidate must have a plausible header (sequence number above what
         we have seen, no flags, length inside the file) before its CRC is
@@ -427,6 +473,10 @@ class JournalReader:
                         or pos + i + hsize + length > size \
                         or seq > min_seq + size:
                     continue
+                cost = hsize - 4 + length
+                if cost > self._resync_budget:
+                    return _GAVE_UP
+                self._resync_budget -= cost
                 if i + hsize + length <= len(chunk):
                     payload = chunk[i + hsize:i + hsize + length]
                 else:
@@ -436,6 +486,17 @@ class JournalReader:
                     return pos + i
             pos += last + 1
         return None
+
+
+def _zeros_to_end(f) -> bool:
+    """True if every byte from the current position of ``f`` to its end is
+    zero."""
+    while True:
+        chunk = f.read(_READ_BUFFER)
+        if not chunk:
+            return True
+        if chunk.count(0) != len(chunk):
+            return False
 
 
 def read_all(path: str, **kwargs) -> tuple[list[Record], JournalReader]:

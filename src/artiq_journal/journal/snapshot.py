@@ -21,7 +21,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CorruptSnapshot, JournalFailed, NoSnapshot
+from ..errors import (CorruptSnapshot, JournalFailed, NoSnapshot,
+                      UnsupportedSnapshotVersion)
 from . import codec
 from .constants import (DEFAULT_MAX_SNAPSHOT_BYTES, FORMAT_VERSION,
                         SNAPSHOT_HEADER, SNAPSHOT_HEADER_SIZE, SNAPSHOT_MAGIC,
@@ -56,8 +57,10 @@ class Snapshot:
 
 def read_snapshot_file(path: str,
                        max_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES) -> Snapshot:
-    """Load and verify one snapshot file; raise CorruptSnapshot,
-    UnsupportedVersion-like CorruptSnapshot, or FileNotFoundError."""
+    """Load and verify one snapshot file.  Raises CorruptSnapshot for a
+    damaged or incomplete file -- its subclass UnsupportedSnapshotVersion
+    (also an UnsupportedVersion) for one of a newer format version -- or
+    OSError (FileNotFoundError when it does not exist)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(SNAPSHOT_HEADER_SIZE)
@@ -73,7 +76,7 @@ def read_snapshot_file(path: str,
             raise CorruptSnapshot("nonzero reserved bytes in snapshot "
                                   "header", path=path, offset=36)
         if version != FORMAT_VERSION:
-            raise CorruptSnapshot(
+            raise UnsupportedSnapshotVersion(
                 f"unsupported snapshot format version {version} (this reader "
                 f"knows {FORMAT_VERSION})", path=path, offset=8)
         if length > max_bytes or SNAPSHOT_HEADER_SIZE + length != size:

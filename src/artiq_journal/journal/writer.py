@@ -8,24 +8,31 @@ Guarantees (docs/FORMAT.md, "Durability"):
 * ``fsync="always"``: ``append`` returns only after ``fdatasync``.
   ``fsync="group"``: a background thread syncs at most ``group_interval``
   seconds after a record was written; ``durable_seq`` says how far.
-  ``fsync="never"``: only close and snapshots sync.
+  ``fsync="never"``: only ``sync``, close, snapshots and segment rotation
+  sync.
+* Under every policy a segment is created durably (header synced, directory
+  fsynced) and is synced before the next one is created, so syncing the
+  current segment makes everything appended durable.
 * Fail-stop: the first failed write or fsync raises :class:`JournalFailed`
   (naming the file) and every later append raises it again.  fsync is never
   retried on the same data: after a failed fsync Linux may already have
   dropped the dirty pages, and a retry would report success for lost data.
+  A segment found deleted after a sync (journal directory removed mid-run)
+  is a failure too: its records are on no disk.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
 import weakref
 from typing import Any
 
-from ..errors import (CorruptRecord, JournalClosed, JournalError,
-                      JournalFailed, NotAJournal, RecordTooLarge,
-                      UnsupportedVersion)
+from ..errors import (CorruptRecord, CorruptSnapshot, JournalClosed,
+                      JournalError, JournalFailed, NoSnapshot, NotAJournal,
+                      RecordTooLarge, UnsupportedVersion)
 from . import codec, lock as journal_lock, snapshot as snapshots
 from .constants import (CRC_FIELD, DEFAULT_MAX_RECORD_BYTES, RECORD_HEADER_SIZE,
                         DEFAULT_SEGMENT_BYTES, RECORD_HEADER_TAIL, REC_CLOSE,
@@ -59,13 +66,39 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_disable_in_child)
 
 
+def _intact_end(reader: JournalReader, number: int, seg_path: str,
+                size: int, snap_pos: Position | None) -> tuple[int, bool]:
+    """Where the intact part of the last segment (number ``number``, ``size``
+    bytes) ends, after ``reader`` has read the journal; and whether records
+    end there (trusted ones, or ones the snapshot covers).
+
+    Everything past that offset is a torn tail; nothing before it may be cut.
+    """
+    end = reader.end
+    if end is not None and end.segment == number:
+        # The last trusted record ends here.
+        return end.offset, end.offset > SEGMENT_HEADER_SIZE
+    if snap_pos is not None and snap_pos.segment == number:
+        # Every record here is covered by the snapshot: the reader started
+        # at its position and skipped them, so reader.end is None.  They
+        # stay; only what follows the position is torn.
+        return snap_pos.offset, snap_pos.offset > SEGMENT_HEADER_SIZE
+    # No record was read here, so the segment holds none after the snapshot
+    # (any covered ones come first).  Keep every byte up to a torn tail.
+    torn = [d.offset for d in reader.diagnostics
+            if d.kind == "torn_tail" and d.path == seg_path
+            and d.offset is not None]
+    return (max(torn[0], SEGMENT_HEADER_SIZE) if torn else size), False
+
+
 class JournalWriter:
     """Append-only writer for one journal directory.
 
-    Creates the directory (and its parent) if needed.  Opening an existing
-    journal truncates a torn tail and continues the sequence; a journal with
-    damage before its tail is refused (CorruptRecord) rather than appended to.
-    Holds the directory's lock until :meth:`close`.
+    Creates the directory (and its missing ancestors) durably if needed.
+    Opening an existing journal starts from its snapshot, truncates a torn
+    tail and continues the sequence; a journal with damage before its tail is
+    refused (CorruptRecord) rather than appended to.  Holds the directory's
+    lock until :meth:`close`.
     """
 
     def __init__(self, path: str | os.PathLike, *, fsync: str = "group",
@@ -109,7 +142,7 @@ class JournalWriter:
         try:
             self._open_tail()
         except BaseException:
-            self._release_lock()
+            self._abandon()
             raise
         _live_writers.add(self)
         if fsync == "group":
@@ -125,24 +158,64 @@ class JournalWriter:
             return
         if os.path.exists(self.path):
             raise NotAJournal("exists and is not a directory", path=self.path)
-        parent = os.path.dirname(self.path)
-        os.makedirs(parent, exist_ok=True)
+        # Not os.makedirs: every directory created here (ARTIQ's
+        # results/<date>/<hour>/ as well as the journal's own) has its name
+        # in its parent, and only an fsync of that parent makes the name
+        # survive power loss.  Without it the whole journal can vanish after
+        # fsync="always" acknowledged records.  Through self.ops, so a
+        # recording file layer sees every step.
+        missing = []
+        path = self.path
+        while not os.path.isdir(path):
+            missing.append(path)
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+        for path in reversed(missing):
+            try:
+                self.ops.mkdir(path)
+            except FileExistsError:
+                if not os.path.isdir(path):
+                    raise NotAJournal("exists and is not a directory",
+                                      path=path) from None
+                # Created concurrently (another run in the same results
+                # directory): its name may not be durable yet either, so
+                # the parent is synced all the same.
+            except OSError as exc:
+                raise JournalFailed(f"cannot create directory: "
+                                    f"{exc.strerror or exc}",
+                                    path=path) from exc
+            self._sync_dir(os.path.dirname(path))
+
+    def _snapshot_start(self) -> tuple[int, Position] | None:
+        """(covered seq, position after it) of the journal's snapshot, or
+        None when there is no usable one (then reading starts at seq 1)."""
         try:
-            self.ops.mkdir(self.path)
-        except FileExistsError:
-            return
-        except OSError as exc:
-            raise JournalFailed(f"cannot create journal directory: "
-                                f"{exc.strerror or exc}", path=self.path) from exc
-        # The new directory's entry lives in the parent: sync it, or a power
-        # loss could forget the whole journal.
-        self._sync_dir(parent)
+            snap = snapshots.load_snapshot(self.path)
+        except (NoSnapshot, CorruptSnapshot):
+            return None
+        # The CRC passed, so this is what a writer wrote; still, a position
+        # that is not two integers is not trusted to skip anything by (and
+        # replay would ignore such a snapshot too).
+        body = snap.state
+        position = body.get("position") if isinstance(body, dict) else None
+        if not (isinstance(position, (list, tuple)) and len(position) == 2
+                and all(type(v) is int for v in position)
+                and position[0] >= 1
+                and position[1] >= SEGMENT_HEADER_SIZE):
+            return None
+        return snap.seq, Position(*position)
 
     def _open_tail(self) -> None:
+        # Start where the snapshot ends: write_snapshot deletes segments the
+        # previous snapshot covers, so reading from seq 1 would find a gap.
+        start = self._snapshot_start()
+        snap_seq, snap_pos = start if start is not None else (0, None)
         reader = JournalReader(self.path, decode=False,
-                               max_record_bytes=self.max_record_bytes)
-        last = None
-        for last in reader:
+                               max_record_bytes=self.max_record_bytes,
+                               after_seq=snap_seq, start=snap_pos)
+        for _ in reader:
             pass
         errors = [d for d in reader.diagnostics if d.severity == "error"]
         for d in errors:
@@ -152,37 +225,83 @@ class JournalWriter:
             raise CorruptRecord(
                 "journal is damaged before its end; refusing to append "
                 f"(run 'artiq-journal verify'): {errors[0]}", path=self.path)
+        self._seq = self._durable_seq = max(reader.last_trusted_seq, snap_seq)
+        self._snapshot_seq = None if start is None else snap_seq
         if not reader.segments:
-            self._seq = self._durable_seq = 0
-            self._new_segment(1)
+            # Numbered past the snapshot's position, which must not point
+            # into the new segment's records.
+            self._new_segment(1 if snap_pos is None else snap_pos.segment + 1)
             return
         number, seg_path = reader.segments[-1]
-        end = reader.end
-        if end is None or end.segment != number:
-            # The last segment holds no intact record (crashed right after
-            # rotation): restart it from its header.
-            end = Position(number, SEGMENT_HEADER_SIZE)
-        self._seq = self._durable_seq = reader.last_trusted_seq
+        if snap_pos is not None and snap_pos.segment > number:
+            # The writer makes a segment's name durable before any snapshot
+            # can point into it: this journal lost a segment.  Appending to
+            # an earlier one would put records where the snapshot's position
+            # makes readers skip them.
+            raise CorruptRecord(
+                f"the snapshot's position is in segment {snap_pos.segment}, "
+                f"past the last segment ({number}); refusing to append",
+                path=self.path)
+        try:
+            with open(seg_path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                head = f.read(SEGMENT_HEADER_SIZE)
+        except OSError as exc:
+            raise JournalFailed(f"cannot reopen segment: {exc.strerror or exc}",
+                                path=seg_path) from exc
+        cut, holds_records = _intact_end(reader, number, seg_path, size,
+                                         snap_pos)
+        try:
+            decode_segment_header(head)
+        except ValueError:
+            if holds_records:
+                raise CorruptRecord("segment header is damaged but intact "
+                                    "records follow it; refusing to append",
+                                    path=seg_path, offset=0) from None
+            # Empty, or a header that never reached the disk (zeros: the
+            # size was made durable, the data not).  Nothing in it was
+            # acknowledged (a segment's header is synced before any record
+            # in it), so start it afresh.
+            try:
+                self.ops.unlink(seg_path)
+            except OSError as exc:
+                raise JournalFailed(f"cannot remove torn segment: "
+                                    f"{exc.strerror or exc}",
+                                    path=seg_path) from exc
+            self._new_segment(number)
+            return
+        if cut > size:
+            raise CorruptRecord(f"segment ends at {size}, before the "
+                                f"snapshot's position {cut}; refusing to "
+                                "append", path=seg_path, offset=size)
+        # A writer that died between creating this segment and fsyncing the
+        # directory left its name not yet durable; records this writer
+        # acknowledges in it must not vanish with it on power loss.
+        self._sync_dir(self.path)
         try:
             fd = self.ops.open(seg_path, os.O_WRONLY)
-            size = os.fstat(fd).st_size
-            if size < SEGMENT_HEADER_SIZE:
-                self.ops.close(fd)
-                self.ops.unlink(seg_path)
-                self._new_segment(number)
-                return
-            if size != end.offset:
-                # Cut the torn tail: those bytes were never acknowledged, and
-                # leaving them would read as corruption once records follow.
-                self.ops.ftruncate(fd, end.offset)
+            try:
+                if size != cut:
+                    # Cut the torn tail: those bytes were never acknowledged,
+                    # and leaving them would read as corruption once records
+                    # follow.
+                    self.ops.ftruncate(fd, cut)
+                # Even with nothing cut: a writer killed before it synced
+                # left its last records only in the page cache, and they are
+                # reported durable below (durable_seq).  A cut must also be
+                # durable before records written after it are.  Earlier
+                # segments were synced when the next one was created.
                 self.ops.fsync(fd)
-            os.lseek(fd, end.offset, os.SEEK_SET)
+                os.lseek(fd, cut, os.SEEK_SET)
+            except BaseException:
+                self.ops.close(fd)
+                raise
         except OSError as exc:
             raise JournalFailed(f"cannot reopen segment: {exc.strerror or exc}",
                                 path=seg_path) from exc
         self._fd = fd
         self._segment = number
-        self._offset = end.offset
+        self._offset = cut
 
     def _new_segment(self, number: int) -> None:
         seg_path = os.path.join(self.path, segment_name(number))
@@ -192,11 +311,13 @@ class JournalWriter:
             self._fd = fd
             header = encode_segment_header(number, self._seq + 1)
             self._write_all(fd, header)
-            if self.fsync_policy != "never":
-                self.ops.fdatasync(fd)
-                # The new file's name must be durable before records in it
-                # are acknowledged as durable.
-                self.ops.fsync_dir(self.path)
+            # Under every policy (once per segment, so cheap): the header
+            # and the file's name must be durable before any record in it is
+            # acknowledged -- sync() and close() sync only the current
+            # segment's data, and a lost name or a zero header would take
+            # its records with it.
+            self.ops.fdatasync(fd)
+            self.ops.fsync_dir(self.path)
         except OSError as exc:
             self._fail(exc, seg_path, "create segment")
         self._segment = number
@@ -244,11 +365,28 @@ class JournalWriter:
         return seq
 
     def _sync_appended(self, seq: int) -> None:
+        self._datasync(self._fd)
+        self._durable_seq = seq
+
+    def _datasync(self, fd: int) -> None:
+        """fdatasync the current segment ``fd``; fail-stop if that fails or
+        if the file has no name left."""
         try:
-            self.ops.fdatasync(self._fd)
+            self.ops.fdatasync(fd)
+            # fdatasync "succeeds" on a file whose last name is gone (the
+            # journal directory was deleted mid-run), yet its records are on
+            # no disk once it is closed: never acknowledge them as durable.
+            deleted = os.fstat(fd).st_nlink == 0
         except OSError as exc:
             self._fail(exc, self._segment_path(), "fdatasync")
-        self._durable_seq = seq
+        if deleted:
+            err = JournalFailed(
+                f"journal file was deleted ({os.strerror(errno.ENOENT)}; "
+                "journal directory removed?): records written to it are on "
+                "no disk (journal stopped; nothing more will be appended)",
+                path=self._segment_path())
+            self._broken = err
+            raise err
 
     def _append_parts(self, rtype: int, parts: list) -> int:
         """append() for a record holding large arrays: header and payload
@@ -334,14 +472,12 @@ class JournalWriter:
     def _rotate(self) -> None:
         with self._sync_lock:
             old_fd = self._fd
-            try:
-                # The old segment is made durable before the next one exists,
-                # so only the last segment can ever end in a torn record.
-                if self.fsync_policy != "never":
-                    self.ops.fdatasync(old_fd)
-                    self._durable_seq = self._seq
-            except OSError as exc:
-                self._fail(exc, self._segment_path(), "fdatasync")
+            # Under every policy (once per segment): the old segment is made
+            # durable before the next one exists, so only the last segment
+            # can end in a torn record, and sync()/close(), which sync only
+            # the current segment, truly make everything durable.
+            self._datasync(old_fd)
+            self._durable_seq = self._seq
             # The descriptor is released even when close() reports an error
             # (a deferred write error, e.g. on NFS): forget it first, then
             # treat the error as the write failure it is.
@@ -388,10 +524,9 @@ class JournalWriter:
         target = self._seq
         if target <= self._durable_seq or self._fd is None:
             return
-        try:
-            self.ops.fdatasync(self._fd)
-        except OSError as exc:
-            self._fail(exc, self._segment_path(), "fdatasync")
+        # Earlier segments were synced at rotation: this one is all that
+        # can hold records not yet durable.
+        self._datasync(self._fd)
         self._durable_seq = target
 
     def _group_commit_loop(self) -> None:

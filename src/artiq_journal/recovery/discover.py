@@ -147,6 +147,7 @@ def closed_cleanly(journal_dir: str) -> bool:
     it found undamaged, and after a clean close ARTIQ has written its own
     results file.  False whenever in doubt (the full replay then decides,
     e.g. when a rotation left an empty last segment after the close).
+    Never raises.
     """
     segments = []
     try:
@@ -159,6 +160,11 @@ def closed_cleanly(journal_dir: str) -> bool:
         with open(max(segments)[1], "rb") as f:
             size = os.fstat(f.fileno()).st_size
             start = max(SEGMENT_HEADER_SIZE, size - _CLOSE_WINDOW)
+            if size <= start:
+                # Nothing after the header: a new segment, or one whose
+                # header a crash cut short (a legal crash state).  No close
+                # record to find.
+                return False
             f.seek(start)
             tail = f.read(size - start)
     except OSError:
