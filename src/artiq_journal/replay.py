@@ -7,6 +7,7 @@ Never raises on damaged input: problems are collected in the result.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -131,7 +132,8 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
     # long scan) are collected and applied with one list.extend -- the same
     # effect as appending one by one, which cannot fail on a list.
     run_key, run_target, run_values = None, None, []
-    append_type = REC_APPEND
+    # With a per-record callback every record goes through apply().
+    append_type = REC_APPEND if on_record is None else None
     datasets = state.datasets
 
     def flush() -> None:
@@ -144,41 +146,46 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
             run_values.clear()
 
     run_last = 0
-    fast = on_record is None
-    for seq, rtype, payload, segment, offset, trusted in reader.iter_raw():
-        if upto_seq is not None and seq > upto_seq:
+    stop_after = upto_seq if upto_seq is not None else 1 << 64
+    for batch in reader.iter_batches():
+        done = batch[-1][0] > stop_after
+        if done:
+            batch = list(itertools.takewhile(
+                lambda r: r[0] <= stop_after, batch))
+        for seq, rtype, payload, segment, offset, trusted in batch:
+            if not trusted or poisoned:
+                untrusted += 1
+                continue
+            if rtype == append_type and type(payload) is list \
+                    and len(payload) == 2 and type(payload[0]) is str:
+                if payload[0] == run_key:
+                    run_values.append(payload[1])
+                    run_last = seq
+                    continue
+                flush()
+                target = datasets.list_target(payload[0])
+                if target is not None:
+                    run_key, run_target = payload[0], target
+                    run_values.append(payload[1])
+                    run_last = seq
+                    continue
+            if run_values:
+                flush()
+            run_key = None
+            try:
+                apply(seq, rtype, payload)
+            except BadRecord as exc:
+                result.diagnostics.append(Diagnostic(
+                    "bad_record", os.path.join(path, segment), offset,
+                    f"record seq {seq} ({type_name(rtype)}) cannot be applied: "
+                    f"{exc}; later records are not trusted", seq=seq))
+                poisoned = True
+                continue
+            applied += 1
+            if on_record is not None:
+                on_record(seq)
+        if done:
             break
-        if poisoned or not trusted:
-            untrusted += 1
-            continue
-        if fast and rtype == append_type and type(payload) is list \
-                and len(payload) == 2 and type(payload[0]) is str:
-            if payload[0] == run_key:
-                run_values.append(payload[1])
-                run_last = seq
-                continue
-            flush()
-            target = datasets.list_target(payload[0])
-            if target is not None:
-                run_key, run_target = payload[0], target
-                run_values.append(payload[1])
-                run_last = seq
-                continue
-        if run_values:
-            flush()
-        run_key = None
-        try:
-            apply(seq, rtype, payload)
-        except BadRecord as exc:
-            result.diagnostics.append(Diagnostic(
-                "bad_record", os.path.join(path, segment), offset,
-                f"record seq {seq} ({type_name(rtype)}) cannot be applied: "
-                f"{exc}; later records are not trusted", seq=seq))
-            poisoned = True
-            continue
-        applied += 1
-        if on_record is not None:
-            on_record(seq)
     flush()
     result.diagnostics[:0] = reader.diagnostics
     result.records_applied = applied

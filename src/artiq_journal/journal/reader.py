@@ -154,6 +154,11 @@ class JournalReader:
         for batch in self._batches():
             yield from batch
 
+    def iter_batches(self) -> Iterator[list[tuple]]:
+        """The records of :meth:`iter_raw` in lists (one generator hop per
+        list, not per record)."""
+        return self._batches()
+
     def _batches(self) -> Iterator[list[tuple]]:
         self.last_trusted_seq = self.after_seq
         self._unpack = codec.make_unpack(self.max_record_bytes)
@@ -276,6 +281,7 @@ class JournalReader:
         decode = self.decode
         unpackb = msgpack.unpackb
         ext_hook = codec._Decoder(self.max_record_bytes)
+        could_hold_timestamp = codec._could_hold_timestamp
         f.seek(offset)
         out: list[Record] = []
         append = out.append
@@ -289,6 +295,54 @@ class JournalReader:
         base = offset  # file offset of buf[0]
         pos = 0
         while base + pos < size:
+            if trusting and decode:
+                # The common case, as tight as it goes: the next trusted
+                # record, whole in ``buf``, intact, decodable.  Anything
+                # else (including a refill) leaves this loop and is handled
+                # for that one record by the general path below.
+                first_seq = next_seq
+                stop = min(len(buf), size - base)
+                while True:
+                    hend = pos + hsize
+                    if hend > stop:
+                        break
+                    crc, length, seq, rtype, flags, reserved = \
+                        unpack_header(buf, pos)
+                    end = hend + length
+                    if end > stop or seq != next_seq or length > limit \
+                            or flags or reserved:
+                        break
+                    payload = buf[hend:end]
+                    if crc32(payload, crc32(buf[pos + 4:hend])) != crc \
+                            or 255 in payload and could_hold_timestamp(payload):
+                        break
+                    try:
+                        # Inline msgpack call: its default limits (the
+                        # payload's own length) bound every allocation.
+                        # Timestamps (ext -1, decoded by msgpack itself)
+                        # are left to the strict path.
+                        payload = unpackb(payload, ext_hook=ext_hook,
+                                          raw=False, strict_map_key=False)
+                    except Exception:
+                        break
+                    append((seq, rtype, payload, name, base + pos, True))
+                    next_seq = seq + 1
+                    pos = end
+                    if len(out) >= _BATCH:
+                        n_fast += next_seq - first_seq
+                        first_seq = next_seq
+                        self._commit(next_seq, n_fast, rtype, number,
+                                     base + pos)
+                        n_fast = 0
+                        yield out
+                        out = []
+                        append = out.append
+                if next_seq != first_seq:
+                    n_fast += next_seq - first_seq
+                    last_rtype = out[-1][1]
+                    end_off = base + pos
+                if base + pos >= size:
+                    break
             if len(buf) - pos < hsize:
                 buf = buf[pos:] + read(_READ_BUFFER)
                 base += pos
