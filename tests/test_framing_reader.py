@@ -549,6 +549,37 @@ def test_undecodable_payload_with_valid_crc_is_reported(journal, tmp_path):
     assert reader.last_trusted_seq == last
 
 
+# Every encoding msgpack decodes as its timestamp ext (-1) itself, bypassing
+# our ext hook: minimal (fixext 4/8, ext8 of 12) and padded (ext16, ext32).
+TIMESTAMP_ENCODINGS = {
+    "fixext4": b"\xd6\xff" + b"\x00" * 4,
+    "fixext8": b"\xd7\xff" + b"\x00" * 8,
+    "ext8": b"\xc7\x0c\xff" + b"\x00" * 12,
+    "ext16": b"\xc8\x00\x0c\xff" + b"\x00" * 12,
+    "ext32": b"\xc9\x00\x00\x00\x0c\xff" + b"\x00" * 12,
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(TIMESTAMP_ENCODINGS))
+def test_timestamp_ext_in_a_record_is_a_bad_payload_never_a_value(
+        journal, tmp_path, encoding):
+    # The reader decodes most records inline, not through codec.unpack:
+    # both paths must refuse msgpack's timestamps, inside a list too.
+    work = journal.copy(tmp_path / "ts.journal")
+    last = max(journal.written)
+    payload = b"\x92\xa1y" + TIMESTAMP_ENCODINGS[encoding]  # ["y", ts]
+    with open(os.path.join(work, journal.segments[-1]), "ab") as f:
+        f.write(framing.encode_record(last + 1, REC_APPEND,
+                                      codec.pack(["y", 255.0])))
+        f.write(framing.encode_record(last + 2, REC_APPEND, payload))
+    records, reader = read_all(work)
+    assert records[-1].seq == last + 1 and records[-1].trusted
+    assert records[-1].payload == ["y", 255.0]
+    assert [(d.kind, d.seq) for d in reader.diagnostics] == [
+        ("bad_payload", last + 2)]
+    assert reader.last_trusted_seq == last + 1
+
+
 def test_duplicate_sequence_number_is_ignored_and_reported(journal,
                                                            tmp_path):
     work = journal.copy(tmp_path / "dup.journal")
