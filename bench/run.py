@@ -123,14 +123,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{platform.python_version()} | {os.cpu_count()} CPUs, load "
               f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} | "
               f"{platform.platform()}")
-    if args.plot:
-        if "peers" not in curves:
-            progress("--plot needs the peers figure; skipped")
-        else:
-            import plot
-            plot.save(args.plot, curves["peers"], curves.get("scaling"),
-                      header)
-            progress(f"plot saved to {args.plot}")
     if args.json:
         print(json.dumps({"header": header, "config": vars(cfg),
                           "rows": [r.to_dict() for r in rows],
@@ -141,6 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         counts = {s: sum(r.status == s for r in rows)
                   for s in ("PASS", "MISS", "n/a", "ERROR")}
         print("\n" + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    if args.plot:
+        if "peers" not in curves:
+            progress("--plot needs the peers figure; skipped")
+        else:
+            # After the table: a plotting problem must not lose the figures.
+            import plot
+            plot.save(args.plot, curves["peers"], curves.get("scaling"),
+                      header)
+            progress(f"plot saved to {args.plot}")
     return 1 if any(r.status in ("MISS", "ERROR") for r in rows) else 0
 
 

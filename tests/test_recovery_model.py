@@ -22,7 +22,7 @@ import tempfile
 import h5py
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import HealthCheck, example, given, reject, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -173,6 +173,13 @@ SETTINGS = settings(max_examples=150, deadline=None,
                                            HealthCheck.filter_too_much])
 
 
+# Appends to several lists in turn, one of them replaced by a set in
+# between: replay's shortcut for appends must follow the new list.
+@example([("set", "a", [1], {}, False, False, True),
+          ("set", "b", [2], {}, True, False, True),
+          ("append_to", "a", 3), ("append_to", "b", 4), ("append_to", "a", 5),
+          ("set", "a", [6.5], {}, False, False, True),
+          ("append_to", "a", 7), ("append_to", "b", 8)])
 @SETTINGS
 @given(OPS)
 def test_recovered_file_equals_artiq_write_hdf5(ops):

@@ -124,71 +124,63 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
     reader = JournalReader(path, max_record_bytes=max_record_bytes,
                            after_seq=after_seq, start=position)
     apply = state.apply
-    applied = untrusted = 0
+    seen = untrusted = bad = 0
     # Set after a record that cannot be applied: everything after it
     # depends on it, so nothing later is trusted either.
     poisoned = False
-    # Runs of scalar appends to one plain-list dataset (most records of a
-    # long scan) are collected and applied with one list.extend -- the same
-    # effect as appending one by one, which cannot fail on a list.
-    run_key, run_target, run_values = None, None, []
+    # Scalar appends to plain-list datasets (most records of a long scan,
+    # often to several datasets in turn) go straight to the lists: the same
+    # effect as DatasetState.append_to, which cannot fail on a list.  Valid
+    # until any other record, which might replace a dataset.
+    targets: dict[str, list] = {}
+    list_target = state.datasets.list_target
+    fast_seq = 0  # last record applied that way, not yet in state.last_seq
     # With a per-record callback every record goes through apply().
     append_type = REC_APPEND if on_record is None else None
-    datasets = state.datasets
-
-    def flush() -> None:
-        nonlocal applied
-        if run_values:
-            run_target.extend(run_values)
-            applied += len(run_values)
-            state.last_seq = run_last
-            state.closed = False
-            run_values.clear()
-
-    run_last = 0
     stop_after = upto_seq if upto_seq is not None else 1 << 64
     for batch in reader.iter_batches():
         done = batch[-1][0] > stop_after
         if done:
             batch = list(itertools.takewhile(
                 lambda r: r[0] <= stop_after, batch))
+        seen += len(batch)
         for seq, rtype, payload, segment, offset, trusted in batch:
             if not trusted or poisoned:
                 untrusted += 1
                 continue
             if rtype == append_type and type(payload) is list \
                     and len(payload) == 2 and type(payload[0]) is str:
-                if payload[0] == run_key:
-                    run_values.append(payload[1])
-                    run_last = seq
-                    continue
-                flush()
-                target = datasets.list_target(payload[0])
+                target = targets.get(payload[0])
+                if target is None:
+                    target = list_target(payload[0])
+                    if target is not None:
+                        targets[payload[0]] = target
                 if target is not None:
-                    run_key, run_target = payload[0], target
-                    run_values.append(payload[1])
-                    run_last = seq
+                    target.append(payload[1])
+                    fast_seq = seq
                     continue
-            if run_values:
-                flush()
-            run_key = None
+            if fast_seq:
+                state.last_seq, state.closed, fast_seq = fast_seq, False, 0
+            targets.clear()
             try:
                 apply(seq, rtype, payload)
             except BadRecord as exc:
                 result.diagnostics.append(Diagnostic(
                     "bad_record", os.path.join(path, segment), offset,
-                    f"record seq {seq} ({type_name(rtype)}) cannot be applied: "
-                    f"{exc}; later records are not trusted", seq=seq))
+                    f"record seq {seq} ({type_name(rtype)}) cannot be "
+                    f"applied: {exc}; later records are not trusted",
+                    seq=seq))
                 poisoned = True
+                bad += 1
                 continue
-            applied += 1
             if on_record is not None:
                 on_record(seq)
         if done:
             break
-    flush()
+    if fast_seq:
+        state.last_seq, state.closed = fast_seq, False
     result.diagnostics[:0] = reader.diagnostics
-    result.records_applied = applied
+    result.records_applied = seen - untrusted - bad
     result.records_untrusted = untrusted
     result.clean_close = state.closed
     return result
