@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from artiq_journal.errors import CorruptRecord, JournalError, NoSnapshot
+from artiq_journal.errors import JournalError, NoSnapshot
 from artiq_journal.journal.constants import (REC_SET, SNAPSHOT_NAME,
                                              SNAPSHOT_NEW, SNAPSHOT_OLD)
 from artiq_journal.journal.reader import JournalReader

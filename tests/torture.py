@@ -77,7 +77,7 @@ from artiq_journal.journal.constants import (REC_APPEND, REC_ARCHIVE,
                                              REC_MUTATE, REC_RESUMED_FROM,
                                              REC_RUN_INFO, REC_SET, REC_STAGE,
                                              RECORD_TYPE_NAMES)
-from artiq_journal.journal.fsio import OS_FILE_OPS, FileOps
+from artiq_journal.journal.fsio import FileOps
 from artiq_journal.journal.reader import JournalReader, Position
 from artiq_journal.journal.snapshot import load_snapshot
 from artiq_journal.journal.writer import JournalWriter
@@ -1349,6 +1349,16 @@ class Torture:
             shutil.copytree(path, keep, dirs_exist_ok=True)
             self.tally.kept.append(keep)
 
+    def _run_child(self, child, plan, fsync: str):
+        """One generation: run ``child`` under ``plan``, and count it."""
+        out = run_child(child, plan)
+        self.tally.generations += 1
+        self.tally.plans[plan.mode] += 1
+        self.tally.fsync[fsync] += 1
+        if out.killed:
+            self.tally.kills += 1
+        return out
+
     def _known(self, verdict: Verdict, where: str) -> None:
         for bug, text in verdict.known:
             self.tally.known[bug] += 1
@@ -1403,13 +1413,9 @@ class Torture:
             where = (f"direct chain seed {chain_seed} gen {gen}: {plan}, "
                      f"fsync={cfg.fsync}, segment_bytes={cfg.segment_bytes}, "
                      f"ops from #{start}")
-            out = run_child(functools.partial(direct_child, cfg, start, plan),
-                            plan)
-            self.tally.generations += 1
-            self.tally.plans[plan.mode] += 1
-            self.tally.fsync[cfg.fsync] += 1
-            if out.killed:
-                self.tally.kills += 1
+            out = self._run_child(
+                functools.partial(direct_child, cfg, start, plan), plan,
+                cfg.fsync)
             problems = self._child_problems(out, cfg.fsync)
             if out.opened is not None:
                 if gen:
@@ -1488,13 +1494,9 @@ class Torture:
                      f": {plan}, fsync={cfg.fsync}, segment_bytes="
                      f"{cfg.segment_bytes}, snapshot_min_bytes="
                      f"{cfg.snapshot_min_bytes}")
-            out = run_child(functools.partial(experiment_child, cfg, plan),
-                            plan)
-            self.tally.generations += 1
-            self.tally.plans[plan.mode] += 1
-            self.tally.fsync[cfg.fsync] += 1
-            if out.killed:
-                self.tally.kills += 1
+            out = self._run_child(
+                functools.partial(experiment_child, cfg, plan), plan,
+                cfg.fsync)
             problems = self._child_problems(out, cfg.fsync)
             path = os.path.join(results_dir,
                                 f"{rid:09d}-{EXP_CLASS}.journal")

@@ -41,6 +41,20 @@ class FileOps:
 OS_FILE_OPS = FileOps()
 
 
+def missing_directories(path: str) -> list[str]:
+    """``path`` and its ancestors that are not directories yet, outermost
+    first: what to create one level at a time, fsyncing each parent (a new
+    directory's name lives in its parent; ``os.makedirs`` syncs nothing)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing[::-1]
+
+
 def fsync_path(path: str) -> None:
     """fsync a file or directory by path (a directory: so entries created,
     renamed or removed in it survive power loss)."""

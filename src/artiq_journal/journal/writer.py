@@ -39,7 +39,7 @@ from .constants import (CRC_FIELD, DEFAULT_MAX_RECORD_BYTES, RECORD_HEADER_SIZE,
                         SEGMENT_HEADER_SIZE)
 from .framing import (crc32, decode_segment_header, encode_segment_header,
                       segment_name)
-from .fsio import OS_FILE_OPS, FileOps
+from .fsio import OS_FILE_OPS, FileOps, missing_directories
 from .reader import JournalReader, Position, list_segments
 
 FSYNC_POLICIES = ("always", "group", "never")
@@ -164,15 +164,7 @@ class JournalWriter:
         # survive power loss.  Without it the whole journal can vanish after
         # fsync="always" acknowledged records.  Through self.ops, so a
         # recording file layer sees every step.
-        missing = []
-        path = self.path
-        while not os.path.isdir(path):
-            missing.append(path)
-            parent = os.path.dirname(path)
-            if parent == path:
-                break
-            path = parent
-        for path in reversed(missing):
+        for path in missing_directories(self.path):
             try:
                 self.ops.mkdir(path)
             except FileExistsError:

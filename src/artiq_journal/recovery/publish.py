@@ -25,7 +25,7 @@ from typing import Any
 
 import h5py
 
-from ..journal.fsio import fsync_path
+from ..journal.fsio import fsync_path, missing_directories
 
 from .hdf5_out import GROUP
 from .report import Problem
@@ -51,15 +51,7 @@ def fsync_file(path: str) -> None:
 def makedirs_durable(directory: str) -> None:
     """``os.makedirs`` that also fsyncs the parent of every directory it
     creates (a new directory's name lives in its parent)."""
-    missing = []
-    probe = directory
-    while not os.path.isdir(probe):
-        missing.append(probe)
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    for path in reversed(missing):
+    for path in missing_directories(directory):
         os.makedirs(path, exist_ok=True)
         fsync_dir(os.path.dirname(path))
 
