@@ -580,6 +580,31 @@ def test_timestamp_ext_in_a_record_is_a_bad_payload_never_a_value(
     assert reader.last_trusted_seq == last + 1
 
 
+@pytest.mark.parametrize("values", [
+    [-1],                    # 0xff in the first record of the segment
+    [1, b"\xd7\xff"],        # bytes that look like a timestamp header
+    [1.5, -1, b"\xd6\xff", 2],
+])
+def test_end_is_the_same_with_and_without_decoding(tmp_path, values):
+    # ``end`` is where a writer reopening the journal cuts: it must be the
+    # end of the last trusted record whichever path decoded it.
+    path = str(tmp_path / "end.journal")
+    writer = JournalWriter(path, fsync="never")
+    # -1 packs as 0xff: the first record of the segment holds one.
+    writer.append(REC_SET, ["y", [-1], {}, False, False, True])
+    for value in values:
+        writer.append(REC_APPEND, ["y", value])
+    writer.abandon()
+    size = os.path.getsize(os.path.join(path, framing.segment_name(1)))
+    ends = []
+    for decode in (False, True):
+        reader = JournalReader(path, decode=decode)
+        assert len(list(reader)) == len(values) + 1
+        ends.append(reader.end)
+    assert ends[0] == ends[1]
+    assert ends[1].offset == size
+
+
 def test_duplicate_sequence_number_is_ignored_and_reported(journal,
                                                            tmp_path):
     work = journal.copy(tmp_path / "dup.journal")

@@ -430,3 +430,25 @@ def test_no_live_journal_means_checkpoint_is_only_validated(tmp_path):
     exp = Resumable((None, mgr, runner_env.ProcessArgumentManager({}), {}))
     exp.checkpoint(i=1)
     assert live_journal(mgr) is None
+
+
+def test_resume_uses_the_last_checkpoint_replay_trusts(tmp_path):
+    # A checkpoint after a record that cannot be applied is not trusted (it
+    # may depend on what that record did): resume from the one before it.
+    from artiq_journal.journal.constants import (REC_APPEND, REC_CHECKPOINT,
+                                                 REC_RUN_INFO, REC_SET)
+    from artiq_journal.journal.writer import JournalWriter
+    from artiq_journal.worker_hooks.resume import load_checkpoint
+
+    path = str(tmp_path / "000000001-X.journal")
+    writer = JournalWriter(path, fsync="never")
+    writer.append(REC_RUN_INFO, {"rid": 1, "class_name": "X"})
+    writer.append(REC_SET, ["ys", [1], {}, False, False, True])
+    good = writer.append(REC_CHECKPOINT, [{"i": 1}])
+    writer.append(REC_APPEND, ["missing", 1])   # KeyError: cannot be applied
+    writer.append(REC_CHECKPOINT, [{"i": 2}])
+    writer.abandon()
+    assert last_checkpoint_seq(path) == good
+    _info, state, seq = load_checkpoint(path)
+    assert (seq, state.checkpoint) == (good, {"i": 1})
+    assert state.datasets.local["ys"] == [1]

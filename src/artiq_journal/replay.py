@@ -209,21 +209,10 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
 def last_checkpoint_seq(path: str | os.PathLike,
                         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
                         ) -> int | None:
-    """Seq of the last trusted checkpoint record (a raw scan: payloads are
-    CRC-checked, not decoded).
+    """Seq of the last checkpoint that :func:`replay` trusts and applies.
 
-    Starts where :func:`replay` does -- at the snapshot -- because the
-    segments a snapshot covers may have been deleted: scanning from seq 1
-    would see a sequence gap and trust nothing after it."""
-    path = os.fspath(path)
-    scratch = ReplayResult(path, RunState())
-    state, after_seq, position = _snapshot_start(path, scratch, None)
-    last = state.checkpoint_seq if state.checkpoint is not None else None
-    if not (type(last) is int and 0 < last <= after_seq):
-        last = None
-    for record in JournalReader(path, decode=False,
-                                max_record_bytes=max_record_bytes,
-                                after_seq=after_seq, start=position):
-        if record.trusted and record.rtype == REC_CHECKPOINT:
-            last = record.seq
-    return last
+    A replay, not a raw scan: a checkpoint record after one that does not
+    decode or cannot be applied is not trusted, and one covered by the
+    snapshot (whose segments may be deleted) comes from the snapshot."""
+    state = replay(path, max_record_bytes=max_record_bytes).state
+    return state.checkpoint_seq if state.checkpoint is not None else None

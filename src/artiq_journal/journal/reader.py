@@ -414,40 +414,31 @@ class JournalReader:
                 continue
             pos = end
             if seq == next_seq and trusting:
+                decoded = True
                 if decode:
-                    # Inline msgpack call: this runs once per record.  Its
-                    # default limits (the payload's own length) bound every
-                    # allocation.  Timestamps (ext -1, decoded by msgpack
-                    # itself) are refused by the strict path.
+                    # As in the fast loop above; a payload this cannot
+                    # decode takes the strict path below.
                     try:
-                        if 255 in payload:
+                        if 255 in payload and could_hold_timestamp(payload):
                             raise ValueError("may hold a timestamp")
                         payload = unpackb(payload, ext_hook=ext_hook,
-                                          raw=False, strict_map_key=False)
+                                          strict_map_key=False)
                     except Exception:
-                        if n_fast:
-                            self._commit(next_seq, n_fast, last_rtype,
-                                         number, end_off)
-                            n_fast = 0
-                        record = self._accept(seq, rtype, payload, name,
-                                              seg_path, offset)
-                        next_seq, trusting = self._next_seq, self._trusting
-                        if record is not None:
-                            append(record)
-                        continue
-                next_seq = seq + 1
-                n_fast += 1
-                last_rtype = rtype
-                end_off = base + end
-                append((seq, rtype, payload, name, offset, True))
-                if len(out) >= _BATCH:
-                    self._commit(next_seq, n_fast, last_rtype, number,
-                                 end_off)
-                    n_fast = 0
-                    yield out
-                    out = []
-                    append = out.append
-                continue
+                        decoded = False
+                if decoded:
+                    next_seq = seq + 1
+                    n_fast += 1
+                    last_rtype = rtype
+                    end_off = base + end
+                    append((seq, rtype, payload, name, offset, True))
+                    if len(out) >= _BATCH:
+                        self._commit(next_seq, n_fast, last_rtype, number,
+                                     end_off)
+                        n_fast = 0
+                        yield out
+                        out = []
+                        append = out.append
+                    continue
             if n_fast:
                 self._commit(next_seq, n_fast, last_rtype, number, end_off)
                 n_fast = 0

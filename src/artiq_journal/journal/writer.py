@@ -266,10 +266,12 @@ class JournalWriter:
             raise CorruptRecord(f"segment ends at {size}, before the "
                                 f"snapshot's position {cut}; refusing to "
                                 "append", path=seg_path, offset=size)
-        # A writer that died between creating this segment and fsyncing the
-        # directory left its name not yet durable; records this writer
-        # acknowledges in it must not vanish with it on power loss.
+        # A writer that died between creating this segment (or the journal
+        # directory) and fsyncing the directory holding its name left that
+        # name not yet durable; records this writer acknowledges must not
+        # vanish with it on power loss.
         self._sync_dir(self.path)
+        self._sync_dir(os.path.dirname(os.path.abspath(self.path)))
         try:
             fd = self.ops.open(seg_path, os.O_WRONLY)
             try:
