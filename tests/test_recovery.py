@@ -909,3 +909,41 @@ def test_sigkill_at_random_points_loses_no_acknowledged_operation(tmp_path,
     assert recovered in candidates, (seed, permits, acked)
     print(f"seed {seed}: {permits} permitted, {acked} acknowledged, "
           f"recovered {run.records_applied} records")
+
+
+def test_replay_pauses_the_cyclic_gc_and_restores_it(tmp_path):
+    import gc
+    import threading
+
+    from artiq_journal.replay import cyclic_gc_paused, replay
+
+    path = tmp_path / "j"
+    w = JournalWriter(str(path), fsync="never")
+    w.append(REC_SET, ["k", [], {}, False, False, True])
+    w.close()
+    assert gc.isenabled()
+    seen = []
+    inner_done = threading.Event()
+
+    def other_replay():
+        with cyclic_gc_paused():
+            seen.append(gc.isenabled())
+            inner_done.set()
+
+    with cyclic_gc_paused():
+        seen.append(gc.isenabled())
+        t = threading.Thread(target=other_replay)
+        t.start()
+        inner_done.wait(5)
+        t.join()
+        seen.append(gc.isenabled())   # the other replay ended first
+        replay(str(path))
+        seen.append(gc.isenabled())
+    assert seen == [False, False, False, False]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        replay(str(path))
+        assert not gc.isenabled()     # left as the caller had it
+    finally:
+        gc.enable()

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import itertools
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -109,6 +110,11 @@ def _run_state_of(snap: Snapshot) -> tuple[RunState, Position]:
     return state, Position(position[0], position[1])
 
 
+_gc_lock = threading.Lock()
+_gc_pauses = 0          # replays running with the collector paused
+_gc_was_enabled = False
+
+
 @contextlib.contextmanager
 def cyclic_gc_paused():
     """Pause CPython's cyclic garbage collector for a bulk load.
@@ -116,14 +122,22 @@ def cyclic_gc_paused():
     Replay allocates millions of short-lived containers (records, payload
     lists) and keeps many values: the collector would scan the growing
     state over and over (~6% of replay time) to find cycles that decoded
-    msgpack cannot form.  Reference counting still frees everything."""
-    enabled = gc.isenabled()
-    gc.disable()
+    msgpack cannot form.  Reference counting still frees everything.
+    Concurrent replays (threads) share one pause: the last to finish
+    restores the collector to what it was before the first began."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
