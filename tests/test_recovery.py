@@ -258,7 +258,7 @@ def test_file_uses_hdf5_1_10_compatible_format(tmp_path):
     h5 = os.path.join(os.path.dirname(j.path), "000000042-Exp.h5")
     with open(h5, "rb") as f:
         head = f.read(9)
-    # Superblock v0 (v3 would come with libver="latest"/SWMR).
+    # Superblock v0 (v3 would come with the newest-format bound or SWMR).
     assert head[:8] == b"\x89HDF\r\n\x1a\n" and head[8] == 0
     # Bounded at v110: opening for writing with those bounds succeeds.
     with h5py.File(h5, "r+", libver=("earliest", "v110")) as f:

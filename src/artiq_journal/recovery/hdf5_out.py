@@ -40,7 +40,7 @@ The guard makes two differences from ARTIQ, both reported as problems:
 
 Files use HDF5 format bounds ``("earliest", "v110")``: the lowest format
 version for each object, and an error rather than a file HDF5 1.10 tools
-(h5dump, MATLAB) cannot open.  Never ``libver="latest"``.
+(h5dump, MATLAB) cannot open.  Never the newest-format bound.
 """
 
 from __future__ import annotations
