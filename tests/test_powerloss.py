@@ -377,6 +377,26 @@ def test_journal_in_a_new_results_directory_survives_power_loss(
     assert report.lost_states == 0, report.violations[0]
 
 
+def test_journal_in_results_directories_artiq_made_survives_power_loss(
+        tmp_path):
+    # ARTIQ's worker makes results/<date>/<hour>/ with os.makedirs (no
+    # fsync) and chdirs there before the journal exists: those names must
+    # be made durable by the writer too, or power loss can drop the hour
+    # directory -- journal and all -- after fsync="always" acknowledged.
+    rec = _recorder(tmp_path)
+    expect = Expectations()
+    rec.mkdir(os.path.join(rec.root, "2026-11-23"), 0o777)
+    rec.mkdir(os.path.join(rec.root, "2026-11-23", "11"), 0o777)
+    driver = JournalDriver(rec, expect, os.path.join(
+        rec.root, "2026-11-23", "11", JOURNAL), fsync="always")
+    for seq in range(1, 4):
+        driver.append(REC_SET, _dataset(random.Random(seq), seq))
+    driver.writer.abandon()
+    report = simulate(rec, expect, os.path.join("2026-11-23", "11", JOURNAL),
+                      workers=1)
+    assert report.lost_states == 0, report.violations[0]
+
+
 def test_zz_total_power_loss_states_meet_the_budget(capsys):
     drivers = {"always+rotation", "snapshots", "group", "never+snapshots",
                "reopen-after-crash (torn-tail)",

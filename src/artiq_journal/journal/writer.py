@@ -91,6 +91,11 @@ def _intact_end(reader: JournalReader, number: int, seg_path: str,
     return (max(torn[0], SEGMENT_HEADER_SIZE) if torn else size), False
 
 
+#: Levels of directories above a journal whose entries are fsynced when it
+#: is opened: the journal's own name, ARTIQ's <hour>/ and <date>/.
+NAME_SYNC_LEVELS = 3
+
+
 class JournalWriter:
     """Append-only writer for one journal directory.
 
@@ -154,17 +159,16 @@ class JournalWriter:
     # -- opening ---------------------------------------------------------------
 
     def _ensure_dir(self) -> None:
-        if os.path.isdir(self.path):
-            return
-        if os.path.exists(self.path):
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise NotAJournal("exists and is not a directory", path=self.path)
-        # Not os.makedirs: every directory created here (ARTIQ's
-        # results/<date>/<hour>/ as well as the journal's own) has its name
-        # in its parent, and only an fsync of that parent makes the name
-        # survive power loss.  Without it the whole journal can vanish after
+        # Not os.makedirs: every directory created here has its name in its
+        # parent, and only an fsync of that parent makes the name survive
+        # power loss.  Without it the whole journal can vanish after
         # fsync="always" acknowledged records.  Through self.ops, so a
         # recording file layer sees every step.
-        for path in missing_directories(self.path):
+        journal_dir = os.path.abspath(self.path)
+        synced = set()
+        for path in missing_directories(journal_dir):
             try:
                 self.ops.mkdir(path)
             except FileExistsError:
@@ -178,7 +182,21 @@ class JournalWriter:
                 raise JournalFailed(f"cannot create directory: "
                                     f"{exc.strerror or exc}",
                                     path=path) from exc
-            self._sync_dir(os.path.dirname(path))
+            parent = os.path.dirname(path)
+            self._sync_dir(parent)
+            synced.add(parent)
+        # Directories that already existed may not be durable either: ARTIQ's
+        # worker makes results/<date>/<hour>/ with os.makedirs (no fsync)
+        # just before the run, and a writer that died before syncing may
+        # have made the journal's.  Their names are made durable here.
+        path = journal_dir
+        for _ in range(NAME_SYNC_LEVELS):
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            if parent not in synced:
+                self._sync_dir(parent)
+            path = parent
 
     def _snapshot_start(self) -> tuple[int, Position] | None:
         """(covered seq, position after it) of the journal's snapshot, or
@@ -266,12 +284,11 @@ class JournalWriter:
             raise CorruptRecord(f"segment ends at {size}, before the "
                                 f"snapshot's position {cut}; refusing to "
                                 "append", path=seg_path, offset=size)
-        # A writer that died between creating this segment (or the journal
-        # directory) and fsyncing the directory holding its name left that
-        # name not yet durable; records this writer acknowledges must not
-        # vanish with it on power loss.
+        # A writer that died between creating this segment and fsyncing the
+        # directory left its name not yet durable; records this writer
+        # acknowledges in it must not vanish with it on power loss.  (The
+        # journal directory's own name: _ensure_dir.)
         self._sync_dir(self.path)
-        self._sync_dir(os.path.dirname(os.path.abspath(self.path)))
         try:
             fd = self.ops.open(seg_path, os.O_WRONLY)
             try:
