@@ -367,28 +367,32 @@ class _WorkerRun:
 
         f.close = close
 
-    def finish_with_results(self, path: str) -> None:
+    def _finish(self) -> Any:
+        """Finish once: unhook and return the live journal, or None if it
+        was finished already or failed (then it is closed here)."""
         if self.finished:
-            return
+            return None
         self.finished = True
         self.unhook()
-        live = self.live
-        if live.failed:
-            live.close("journal_failed")
-        elif live.results_written(path):
+        if self.live.failed:
+            self.live.close("journal_failed")
+            return None
+        return self.live
+
+    def finish_with_results(self, path: str) -> None:
+        live = self._finish()
+        if live is None:
+            return
+        if live.results_written(path):
             live.close("results_written")
         else:
             live.abandon()
 
     def finish_at_exit(self) -> None:
-        if self.finished:
+        live = self._finish()
+        if live is None:
             return
-        self.finished = True
-        self.unhook()
-        live = self.live
-        if live.failed:
-            live.close("journal_failed")
-        elif self.results_attempted:
+        if self.results_attempted:
             logger.warning("artiq-journal: ARTIQ's results file of this run "
                            "is incomplete; journal %s kept for "
                            "artiq-recover", live.path)
