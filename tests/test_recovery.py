@@ -34,7 +34,7 @@ from artiq_journal.recovery.discover import find_journals
 from artiq_journal.recovery.hdf5_out import escape_name
 from artiq_journal.recovery.publish import (MARKER_NAME, move_aside,
                                             publish_atomically)
-from artiq_journal.runner import pyon
+from artiq_journal import pyon
 from artiq_journal.runstate import RunState
 from artiq_journal.state import DatasetState
 

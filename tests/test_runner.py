@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import artiq_vendor
-from artiq_journal.runner import pyon, run_experiment, start_experiment
+from artiq_journal import pyon
+from artiq_journal.runner import run_experiment, start_experiment
 from artiq_journal.runner.worker import RUNNER_VERSION, execute
 
 HEADER = "import time\nfrom artiq_journal.runner.experiment import *\n"

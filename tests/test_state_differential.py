@@ -27,7 +27,8 @@ from hypothesis.extra import numpy as hnp
 
 import artiq_vendor
 from artiq_journal.errors import CorruptSnapshot
-from artiq_journal.runner import environment, pyon
+from artiq_journal import pyon
+from artiq_journal.runner import environment
 from artiq_journal.runner.datasets import DatasetDB, DatasetManager
 from artiq_journal.state import DatasetState
 

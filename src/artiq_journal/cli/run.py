@@ -22,7 +22,8 @@ import os
 import sys
 from typing import Any
 
-from ..runner import RunResult, pyon, start_experiment
+from .. import pyon
+from ..runner import RunResult, start_experiment
 from ..runner.resume import (ResumeSource,
                              find_resume_source, journal_of_run,
                              resumed_from_of, start_resumed_experiment)

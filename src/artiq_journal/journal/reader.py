@@ -74,7 +74,7 @@ class Diagnostic:
                 "seq": self.seq}
 
 
-@dataclass(slots=True)
+@dataclass
 class Record:
     seq: int
     rtype: int

@@ -56,7 +56,7 @@ import numpy as np
 
 from .. import __version__
 from ..journal.constants import FORMAT_VERSION
-from ..runner import pyon
+from .. import pyon
 from ..runstate import RunState
 from .report import Problem
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Union
 
 from ..errors import JournalLocked, RecoveryError
 from ..journal import lock as journal_lock
@@ -43,7 +43,7 @@ from .report import Problem, Report, RunReport
 
 #: ``progress(done, total, run)`` after each journal.
 ProgressCallback = Callable[[int, int, RunReport], None]
-PathArg = str | os.PathLike
+PathArg = Union[str, os.PathLike]
 
 
 def recover(paths: PathArg | Iterable[PathArg], *,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from artiq_journal.runner import pyon, units
+from artiq_journal import pyon
+from artiq_journal.runner import units
 
 __all__ = ["NoDefault", "DefaultMissing", "CancelledArgsError",
            "PYONValue", "BooleanValue", "EnumerationValue", "NumberValue",

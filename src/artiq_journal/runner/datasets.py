@@ -16,7 +16,7 @@ import os
 from operator import getitem
 from typing import Any, Callable
 
-from artiq_journal.runner import pyon
+from artiq_journal import pyon
 from artiq_journal.state import DatasetState
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class DatasetDB:
 
     def save(self) -> None:
         """Write the persistent datasets to ``persist_file`` (no-op without
-        one). Atomic and durable: see :func:`runner.pyon.store_file`."""
+        one). Atomic and durable: see :func:`artiq_journal.pyon.store_file`."""
         if self.persist_file is None:
             return
         pyon.store_file(self.persist_file, {

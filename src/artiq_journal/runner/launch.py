@@ -19,7 +19,7 @@ import uuid
 from typing import Any, IO
 
 import artiq_journal
-from artiq_journal.runner import pyon
+from artiq_journal import pyon
 from artiq_journal.runner.rid_counter import RIDCounter
 
 __all__ = ["RunResult", "RunningExperiment", "start_experiment",

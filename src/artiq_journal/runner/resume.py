@@ -19,7 +19,7 @@ from ..errors import ResumeError
 from ..worker_hooks import config as hook_config
 from ..worker_hooks.resume import (RESUMED_FROM_DATASET, load_checkpoint,
                                    locate_journal)
-from . import pyon
+from .. import pyon
 from .launch import RunningExperiment, start_experiment
 
 __all__ = ["ResumeSource", "find_resume_source", "start_resumed_experiment",

@@ -5,7 +5,7 @@ Invocation (``launch.start_experiment`` does this)::
 
     python -m artiq_journal.runner.worker [JOBFILE]
 
-The job is one PYON v2 document (see ``runner.pyon``), read from ``JOBFILE``
+The job is one PYON v2 document (see ``artiq_journal.pyon``), read from ``JOBFILE``
 or, if it is absent or ``-``, from stdin until EOF. Its fields:
 
 ==================  ========================================================
@@ -45,7 +45,7 @@ from typing import Any
 import h5py
 
 from artiq_journal import __version__
-from artiq_journal.runner import pyon
+from artiq_journal import pyon
 from artiq_journal.runner.datasets import DatasetDB, DatasetManager
 from artiq_journal.runner.environment import (ProcessArgumentManager,
                                               is_public_experiment)

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import numpy
 
-from ..journal.fsio import fsync_path
+from .journal.fsio import fsync_path
 
 __all__ = ["encode", "decode", "store_file", "load_file"]
 
