@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptSnapshot, NoSnapshot, NotAJournal
+from ..errors import CorruptSnapshot, NoSnapshot, NotAJournal, NotRegularFile
 from . import lock as journal_lock
 from .constants import (DEFAULT_MAX_RECORD_BYTES, FORMAT_VERSION,
                         SEGMENT_HEADER_SIZE, SNAPSHOT_NAME, SNAPSHOT_NEW,
                         SNAPSHOT_OLD)
 from .framing import decode_segment_header, parse_segment_name
 from .reader import Diagnostic, JournalReader, list_segments
+from .safefile import open_regular_file
 from .snapshot import Snapshot, load_snapshot, read_snapshot_file
 
 SNAPSHOT_NAMES = (SNAPSHOT_NAME, SNAPSHOT_NEW, SNAPSHOT_OLD)
@@ -211,12 +212,13 @@ def _examine_segments(journal_dir: str) -> list[dict]:
                                  "number": number, "size": None,
                                  "first_seq": None, "header": "ok"}
         try:
-            with open(seg_path, "rb") as f:
+            with open_regular_file(seg_path) as f:
                 entry["size"] = os.fstat(f.fileno()).st_size
                 head = f.read(SEGMENT_HEADER_SIZE)
             entry["first_seq"] = decode_segment_header(head).first_seq
-        except (OSError, ValueError) as exc:
-            entry["header"] = getattr(exc, "strerror", None) or str(exc)
+        except (OSError, ValueError, NotRegularFile) as exc:
+            entry["header"] = getattr(exc, "reason", None) \
+                or getattr(exc, "strerror", None) or str(exc)
         segments.append(entry)
     return segments
 

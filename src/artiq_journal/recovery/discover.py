@@ -19,7 +19,9 @@ from ..journal.constants import (JOURNAL_SUFFIX, RECORD_HEADER,
                                  RECORD_HEADER_SIZE, REC_CLOSE,
                                  SEGMENT_HEADER_SIZE, SNAPSHOT_NAME,
                                  SNAPSHOT_NEW, SNAPSHOT_OLD)
+from ..errors import JournalError
 from ..journal.framing import crc32, parse_segment_name
+from ..journal.safefile import open_regular_file
 from .report import Problem
 
 #: ``<rid:09d>-<ClassName>.journal``: rid and class name of the run.
@@ -157,7 +159,7 @@ def closed_cleanly(journal_dir: str) -> bool:
                 segments.append((number, os.path.join(journal_dir, name)))
         if not segments:
             return False
-        with open(max(segments)[1], "rb") as f:
+        with open_regular_file(max(segments)[1]) as f:
             size = os.fstat(f.fileno()).st_size
             start = max(SEGMENT_HEADER_SIZE, size - _CLOSE_WINDOW)
             if size <= start:
@@ -167,7 +169,7 @@ def closed_cleanly(journal_dir: str) -> bool:
                 return False
             f.seek(start)
             tail = f.read(size - start)
-    except OSError:
+    except (OSError, JournalError):
         return False
     hsize = RECORD_HEADER_SIZE
     # The close record ends exactly at the end of the file: try each start
