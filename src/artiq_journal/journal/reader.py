@@ -489,33 +489,8 @@ class JournalReader:
         self._end_offset = end_off
 
     def _position_ok(self, f, seg_path, offset, size):
-        """Whether the snapshot's position ``offset`` is where record
-        ``after_seq + 1`` starts, or the end of the journal.  Anything else
-        means the segment is not what the snapshot saw: damage, reported
-        as ``snapshot_ahead`` (records after the snapshot may be lost)."""
-        problem = None
-        if offset < SEGMENT_HEADER_SIZE:
-            problem = (f"the snapshot's position {offset} is inside the "
-                       "segment header")
-        elif offset > size:
-            problem = (f"the snapshot's position {offset} is past the end "
-                       f"of the segment ({size} bytes): the segment lost "
-                       "data the snapshot had seen; records after seq "
-                       f"{self.after_seq} may be lost")
-        elif offset + RECORD_HEADER_SIZE <= size:
-            # Only an intact record proves the position wrong: bytes that
-            # never reached the disk (zeros after power loss, a torn
-            # record) are the scan's business, reported as it reports them.
-            f.seek(offset)
-            head = f.read(RECORD_HEADER_SIZE)
-            crc, length, seq, _t, flags, reserved = RECORD_HEADER.unpack(head)
-            if not flags and not reserved and seq != self.after_seq + 1 \
-                    and length <= min(self.max_record_bytes,
-                                      size - offset - RECORD_HEADER_SIZE):
-                payload = f.read(length)
-                if crc32(payload, crc32(head[4:])) == crc:
-                    problem = (f"the snapshot's position {offset} holds "
-                               f"seq {seq}, not seq {self.after_seq + 1}")
+        problem = position_problem(f, size, offset, self.after_seq,
+                                   self.max_record_bytes)
         if problem is None:
             return True
         self._diag("snapshot_ahead", seg_path, offset,
@@ -591,6 +566,66 @@ class JournalReader:
                     return pos + i
             pos += last + 1
         return None
+
+
+def position_problem(f, size: int, offset: int, after_seq: int,
+                     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+                     ) -> str | None:
+    """Why the snapshot position ``offset`` of a segment (open as ``f``, of
+    ``size`` bytes) cannot be where record ``after_seq + 1`` starts, or
+    None when it can.  Anything else means the segment is not what the
+    snapshot saw: damage, reported as ``snapshot_ahead`` (records after the
+    snapshot may be lost)."""
+    if offset < SEGMENT_HEADER_SIZE:
+        return (f"the snapshot's position {offset} is inside the segment "
+                "header")
+    if offset > size:
+        return (f"the snapshot's position {offset} is past the end of the "
+                f"segment ({size} bytes): the segment lost data the "
+                f"snapshot had seen; records after seq {after_seq} may be "
+                "lost")
+    if offset + RECORD_HEADER_SIZE > size:
+        return None
+    # Only an intact record proves the position wrong: bytes that never
+    # reached the disk (zeros after power loss, a torn record) are the
+    # scan's business, reported as it reports them.
+    f.seek(offset)
+    head = f.read(RECORD_HEADER_SIZE)
+    crc, length, seq, _rtype, flags, reserved = RECORD_HEADER.unpack(head)
+    if flags or reserved or seq == after_seq + 1 or length > min(
+            max_record_bytes, size - offset - RECORD_HEADER_SIZE):
+        return None
+    payload = f.read(length)
+    if crc32(payload, crc32(head[4:])) != crc:
+        return None
+    return (f"the snapshot's position {offset} holds seq {seq}, not seq "
+            f"{after_seq + 1}")
+
+
+def check_position(journal_dir: str, position: Position, after_seq: int
+                   ) -> Diagnostic | None:
+    """The ``snapshot_ahead`` diagnostic for a snapshot whose position does
+    not fit the journal's segments, or None (also when the segment is gone:
+    then readers scan from the first segment anyway)."""
+    seg_path = os.path.join(journal_dir, segment_name(position.segment))
+    try:
+        segments = list_segments(journal_dir)
+        with open_regular_file(seg_path) as f:
+            size = os.fstat(f.fileno()).st_size
+            problem = position_problem(f, size, position.offset, after_seq)
+    except FileNotFoundError:
+        if segments and segments[-1][0] < position.segment:
+            return Diagnostic(
+                "snapshot_ahead", journal_dir, None,
+                f"the snapshot's position is in segment {position.segment},"
+                f" past the last segment ({segments[-1][0]}): segments are "
+                "missing")
+        return None
+    except (OSError, NotRegularFile):
+        return None  # the reader reports what is wrong with the file
+    if problem is None:
+        return None
+    return Diagnostic("snapshot_ahead", seg_path, position.offset, problem)
 
 
 def _zeros_to_end(f) -> bool:
