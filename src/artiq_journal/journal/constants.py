@@ -55,11 +55,12 @@ REC_CLOSE = 9         # [reason]       (writer closed: nothing follows)
 #: journal_failed, journal_disabled, hook_error, ...) leaves the journal to
 #: artiq-recover exactly like an orphan.
 CLOSE_RESULTS_WRITTEN = "results_written"
-#: Stages after which ARTIQ's worker writes no results file for a run that
-#: goes no further: build() or prepare() raised, or the worker died before
-#: run() began (docs/FORMAT.md, "What ARTIQ writes, per stage").
-STAGES_WITHOUT_RESULTS = frozenset({"build", "prepare", "build_failed",
-                                    "prepare_failed"})
+#: Stages (and close reasons) that say build() or prepare() raised: ARTIQ's
+#: worker writes no results file for such a run, so recovery makes none
+#: (docs/FORMAT.md, "What ARTIQ writes, per stage").  A run merely killed
+#: during build or prepare is recovered: had it not crashed, it would have
+#: gone on to write its file.
+STAGES_WITHOUT_RESULTS = frozenset({"build_failed", "prepare_failed"})
 
 RECORD_TYPE_NAMES = {
     REC_RUN_INFO: "run_info",

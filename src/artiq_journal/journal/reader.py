@@ -308,6 +308,8 @@ class JournalReader:
         unpackb = msgpack.unpackb
         ext_hook = codec._Decoder(self.max_record_bytes)
         could_hold_timestamp = codec._could_hold_timestamp
+        nesting_exceeded = codec.nesting_exceeded
+        max_nesting = codec.MAX_NESTING
         f.seek(offset)
         out: list[Record] = []
         append = out.append
@@ -346,11 +348,15 @@ class JournalReader:
                         # Inline msgpack call: its default limits (the
                         # payload's own length) bound every allocation.
                         # Timestamps (ext -1, decoded by msgpack itself)
-                        # are left to the strict path.
-                        payload = unpackb(payload, ext_hook=ext_hook,
-                                          raw=False, strict_map_key=False)
+                        # and deep nesting are left to the strict path.
+                        value = unpackb(payload, ext_hook=ext_hook,
+                                        raw=False, strict_map_key=False)
                     except Exception:
                         break
+                    if length > max_nesting and \
+                            nesting_exceeded(payload, value):
+                        break
+                    payload = value
                     append((seq, rtype, payload, name, base + pos, True))
                     next_seq = seq + 1
                     pos = end
@@ -447,8 +453,12 @@ class JournalReader:
                     try:
                         if 255 in payload and could_hold_timestamp(payload):
                             raise ValueError("may hold a timestamp")
-                        payload = unpackb(payload, ext_hook=ext_hook,
-                                          strict_map_key=False)
+                        value = unpackb(payload, ext_hook=ext_hook,
+                                        strict_map_key=False)
+                        if length > max_nesting and \
+                                nesting_exceeded(payload, value):
+                            raise ValueError("nested too deep")
+                        payload = value
                     except Exception:
                         decoded = False
                 if decoded:

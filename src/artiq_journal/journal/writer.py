@@ -40,6 +40,7 @@ from .constants import (CRC_FIELD, DEFAULT_MAX_RECORD_BYTES, RECORD_HEADER_SIZE,
 from .framing import (crc32, decode_segment_header, encode_segment_header,
                       segment_name)
 from .fsio import OS_FILE_OPS, FileOps, missing_directories
+from .codec import MAX_NESTING
 from .reader import JournalReader, Position, list_segments
 from .safefile import (CREATE_MODE, O_CLOEXEC, O_NOFOLLOW,
                        open_regular_file)
@@ -352,11 +353,20 @@ class JournalWriter:
         try:
             payload = self._pack(obj)
         except codec.LargeArray:
+            if codec.nesting_depth(obj) > codec.MAX_NESTING:
+                raise TypeError(f"cannot journal containers nested more "
+                                f"than {codec.MAX_NESTING} levels deep")
             return self._append_parts(rtype, codec.pack_parts(obj))
+        except ValueError as exc:
+            # msgpack's own recursion limit: deeper than the reader takes.
+            self._reset_packer()
+            raise TypeError(f"cannot journal value: {exc}") from None
         except BaseException:
             self._reset_packer()
             raise
         length = len(payload)
+        if length > MAX_NESTING:
+            codec.check_nesting(payload, obj)
         if length > self.max_record_bytes:
             raise RecordTooLarge(
                 f"record of {length} bytes exceeds the maximum record size "

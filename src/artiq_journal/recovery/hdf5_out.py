@@ -171,11 +171,44 @@ class _Sink:
 PYON_FALLBACK_MAX_CHARS = 64 << 20
 
 
+#: Most items (containers and scalars) a value may hold to get a PYON
+#: fallback: encoding copies the value, and that copy must stay small.
+PYON_FALLBACK_MAX_ITEMS = 1 << 20
+
+
+def _too_big_for_text(value: Any) -> bool:
+    """Whether ``value`` holds more than :data:`PYON_FALLBACK_MAX_ITEMS`
+    items or array bytes worth more text than allowed; counted without
+    copying anything."""
+    items = 0
+    stack = [value]
+    while stack:
+        obj = stack.pop()
+        items += 1
+        if items > PYON_FALLBACK_MAX_ITEMS:
+            return True
+        kind = type(obj)
+        if kind is list or kind is tuple:
+            items += len(obj)
+            stack.extend(v for v in obj if type(v) in _NESTED)
+        elif kind is dict:
+            items += 2 * len(obj)
+            stack.extend(v for v in (*obj.keys(), *obj.values())
+                         if type(v) in _NESTED)
+        elif isinstance(obj, np.ndarray) and \
+                obj.nbytes * 2 > PYON_FALLBACK_MAX_CHARS:
+            return True
+    return False
+
+
+_NESTED = (list, tuple, dict, np.ndarray)
+
+
 def _as_pyon(value: Any) -> str | None:
     """The PYON text of ``value``, or None when it has none, is nested too
-    deep to encode, or is larger than :data:`PYON_FALLBACK_MAX_CHARS`."""
-    if isinstance(value, np.ndarray) and \
-            value.nbytes * 2 > PYON_FALLBACK_MAX_CHARS:
+    deep to encode, or would be larger than the fallback allows (it is
+    never built then: a hostile value must not cost its size again)."""
+    if _too_big_for_text(value):
         return None
     try:
         text = pyon.encode(value)
@@ -246,7 +279,11 @@ def _numeric_list_as_array(value: Any) -> Any:
     element in Python to look for strings, which dominates writing a scan of
     a million points.
     """
-    if type(value) is not list or not value:
+    if type(value) is not list or not value \
+            or not isinstance(value[0], (int, float, complex, np.number,
+                                         np.bool_, list)):
+        # Not numbers (a list of maps, of strings): no numeric array, and
+        # no object array copy of a possibly huge list either.
         return value
     try:
         array = np.asarray(value)

@@ -19,10 +19,11 @@ For each journal found under the given paths (see ``discover.py``):
    same rid -> ``already_complete``.  Any other close, or that file
    missing or damaged, goes on like an orphan: "closed" is never trusted
    by itself.
-4. Replay (snapshot + trusted records, streaming, one pass).  A run that
-   never reached ``run()`` (stage ``build``/``prepare``, or they failed)
-   gets no results file, as ARTIQ writes none: ``no_results_expected``,
-   the journal stays readable.
+4. Replay (snapshot + trusted records, streaming, one pass).  A run whose
+   ``build()`` or ``prepare()`` raised (stage or close reason
+   ``build_failed``/``prepare_failed``) gets no results file, as ARTIQ
+   writes none: ``no_results_expected``, the journal stays readable.  A run
+   merely killed before ``run()`` is recovered like any other.
 5. The results file already there: ARTIQ's complete file ->
    ``already_complete`` (and mark the journal done); a file an earlier
    recovery made from this same journal content -> ``already_recovered``;
@@ -267,15 +268,17 @@ class _Recovery:
                          f"{existing.detail or existing.kind}: rebuilding it "
                          "from the journal", "warning")
         result = self._replay()
-        stage = result.state.stage
+        state = result.state
+        failed = state.stage if state.stage in STAGES_WITHOUT_RESULTS \
+            else state.close_reason if state.closed \
+            and state.close_reason in STAGES_WITHOUT_RESULTS else None
         # A damaged journal may have lost the stages after its damage:
         # then what can be trusted is published, flagged.
-        if stage in STAGES_WITHOUT_RESULTS and not rep.data_lost:
-            self.problem(f"the run never reached run() (last stage: "
-                         f"{stage}): ARTIQ writes no results file for such "
-                         f"a run, so none is made; its {result.last_seq} "
-                         "records stay in the journal ('artiq-journal "
-                         "inspect')", "info")
+        if failed is not None and not rep.data_lost:
+            self.problem(f"{failed.replace('_failed', '')}() raised: ARTIQ "
+                         "writes no results file for such a run, so none is "
+                         f"made; its {result.last_seq} records stay in the "
+                         "journal ('artiq-journal inspect')", "info")
             rep.outcome = "no_results_expected"
             return
         name = self._file_name()

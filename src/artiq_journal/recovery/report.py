@@ -22,8 +22,8 @@ from typing import Any
 #:                        writer the journal names (reported: pid, user)
 #: ``skipped_unknown``    whether a writer is alive cannot be told (lock
 #:                        file unreadable or not a regular file)
-#: ``no_results_expected`` the run never reached ``run()``: ARTIQ writes no
-#:                        results file for it, so none is made
+#: ``no_results_expected`` build() or prepare() raised: ARTIQ writes no
+#:                        results file for such a run, so none is made
 #: ``skipped_clean``      the journal was closed cleanly, or holds no file
 #:                        at all: nothing to recover
 #: ``already_complete``   ARTIQ's own results file is complete; left alone
