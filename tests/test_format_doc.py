@@ -297,14 +297,36 @@ class DocReader:
             self.diag("no_segments", self.path, None, "info")
             return self
         first_offset = None
+        all_segs = segs
         if self.start and any(n == self.start.segment for n, _ in segs):
             segs = [s for s in segs if s[0] >= self.start.segment]
             first_offset = self.start.offset
+        elif self.start and segs[-1][0] < self.start.segment:
+            self.diag("snapshot_ahead", self.path, None)
         self.next_seq, self.trusting = self.after_seq + 1, True
+        self.rescan = False
         for i, (number, file) in enumerate(segs):
             self.read_segment(number, file, i == len(segs) - 1,
                               first_offset if i == 0 else None)
+            if self.rescan:
+                self.next_seq, self.trusting = self.after_seq + 1, True
+                for j, (n2, f2) in enumerate(all_segs):
+                    self.read_segment(n2, f2, j == len(all_segs) - 1, None)
+                break
         return self
+
+    def position_wrong(self, data, size, o):
+        if o < 32 or o > size:
+            return True
+        if o + HSIZE > size:
+            return False
+        crc, length, seq, rtype, flags, reserved = \
+            RECORD_HEADER.unpack_from(data, o)
+        if flags or reserved or seq == self.after_seq + 1 \
+                or length > min(self.max_len, size - o - HSIZE):
+            return False
+        return zlib.crc32(data[o + HSIZE:o + HSIZE + length],
+                          zlib.crc32(data[o + 4:o + HSIZE])) == crc
 
     def check_header(self, head):
         if len(head) < 32:
@@ -346,8 +368,12 @@ class DocReader:
             self.diag("gap", file, 16, seq=header[1])
             self.trusting, self.next_seq = False, header[1]
         o = 32
-        if start_offset is not None and start_offset >= 32:
-            o = min(start_offset, max(size, 32))
+        if start_offset is not None:
+            if self.position_wrong(data, size, start_offset):
+                self.diag("snapshot_ahead", file, start_offset)
+                self.rescan = True
+                return
+            o = start_offset
         self.budget0 = self.factor * max(size - o, 0) + self.extra
         self.budget = self.budget0
         self.scan(file, size, o, is_last)
@@ -748,11 +774,16 @@ def test_position_and_after_seq_agree(pristine, tmp_path):
         code_view(pristine, first_seq, start)
     diags, records = code_view(pristine, first_seq, start)
     assert diags == [] and records[0][0] == first_seq + 1
-    # A position below 32 is ignored; a missing segment: read from the first.
+    # A position inside the header or past the end of its segment, or a
+    # segment past the last one: snapshot_ahead, then every segment is read
+    # from its start.
     for pos in (Position(number, 3), Position(99, 40),
-                Position(number, 10 ** 9)):
-        assert doc_view(pristine, first_seq, pos) == \
+                Position(number, 10 ** 9), Position(number, offsets[2])):
+        doc, code = doc_view(pristine, first_seq, pos), \
             code_view(pristine, first_seq, pos)
+        assert doc == code
+        assert [d[0] for d in code[0]] == ["snapshot_ahead"]
+        assert code[1][0][0] == first_seq + 1   # nothing skipped
 
 
 def test_first_segment_after_seq_one_without_snapshot_is_a_gap(pristine,
