@@ -100,7 +100,7 @@ CODE_CONSTANTS = {
     "resync budget factor": reader_mod._RESYNC_BUDGET_FACTOR,
     "resync budget extra": reader_mod._RESYNC_BUDGET_EXTRA,
     "max array dimensions": 32,          # codec._decode_ndarray
-    "max container nesting": codec.MAX_EXT_DEPTH,
+    "max container nesting": codec.MAX_NESTING,
     "max big int bytes": codec.MAX_BIGINT_BYTES,
     "max dtype string length": 32,       # codec._dtype
     "max done-marker size": 1 << 20,     # recovery.publish.read_marker
