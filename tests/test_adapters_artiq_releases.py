@@ -258,7 +258,7 @@ def test_internal_error_warns_once_and_results_are_an_unjournaled_runs(
         assert broken["outcome"] == "completed", broken
         (h5,) = found(worker.master, "000000009-Journaled.h5")
         assert h5_content(h5) == reference
-        warnings = [m for level, m in broken["log"] if "artiq-journal" in m]
+        warnings = [m for level, m in broken["log"] if "artiq-journal:" in m]
         assert len(warnings) == 1, warnings
         assert "RID 9" in warnings[0] and "injected bug" in warnings[0]
         (journal,) = found(worker.master, "000000009-Journaled*.journal")
