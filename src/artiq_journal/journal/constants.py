@@ -48,6 +48,7 @@ REC_ARCHIVE = 6       # [key, value]   (get(key, archive=True))
 REC_CHECKPOINT = 7    # [user_state]   (a snapshot covering it follows)
 REC_RESUMED_FROM = 8  # {"rid":..., "seq":..., "journal":...}
 REC_CLOSE = 9         # [reason]       (clean close: nothing follows)
+REC_HEARTBEAT = 10    # [unix_time]    (the writer's process is alive; no-op)
 
 RECORD_TYPE_NAMES = {
     REC_RUN_INFO: "run_info",
@@ -59,6 +60,7 @@ RECORD_TYPE_NAMES = {
     REC_CHECKPOINT: "checkpoint",
     REC_RESUMED_FROM: "resumed_from",
     REC_CLOSE: "close",
+    REC_HEARTBEAT: "heartbeat",
 }
 
 # --- checkpoint (snapshot) files -------------------------------------------------
