@@ -60,6 +60,9 @@ class JournalView:
     #: The tail window ends in bytes that are no intact record (a record
     #: being written, or a torn tail).
     torn_tail: bool = False
+    #: Intact records follow bytes that are none inside the tail window:
+    #: damage (a full read says more).
+    damage_seen: bool = False
     #: Seq covered by the ``checkpoint`` file (header only, CRC unchecked).
     snapshot_seq: int | None = None
 
@@ -133,41 +136,57 @@ def read_head(seg_path: str, window: int = DEFAULT_WINDOW
     return records
 
 
+def _resync(data: bytes, start: int, base: int
+            ) -> tuple[list[TailRecord], bool] | None:
+    """The first chain of intact records at or after ``start`` that runs to
+    the end of ``data`` (or to bytes that are no record: a record being
+    written); None if there is none within the CRC budget."""
+    budget = _RESYNC_BUDGET * len(data) + 4096
+    for pos in range(start, len(data) - RECORD_HEADER_SIZE + 1):
+        if budget <= 0:
+            return None
+        crc, length, _, rtype, flags, reserved = \
+            RECORD_HEADER.unpack_from(data, pos)
+        if flags or reserved or rtype == 0 \
+                or pos + RECORD_HEADER_SIZE + length > len(data):
+            continue
+        budget -= RECORD_HEADER_SIZE + length
+        chain, torn = _chain(data, pos, base)
+        # From a true boundary, intact records run on to the end (or to a
+        # record being written); a false start inside a payload almost
+        # never does.
+        if chain and (not torn or _intact_at(
+                data, chain[-1].offset - base + chain[-1].size) is None):
+            return chain, torn
+    return None
+
+
 def read_tail(seg_path: str, window: int = DEFAULT_WINDOW
-              ) -> tuple[list[TailRecord], bool]:
-    """The intact records ending a segment (within ``window``), and whether
-    the segment ends in bytes that are no intact record."""
+              ) -> tuple[list[TailRecord], bool, bool]:
+    """The intact records ending a segment (within ``window``); whether the
+    segment ends in bytes that are no intact record (torn tail, or a record
+    being written); and whether damage was seen (intact records after bytes
+    that are none, inside the window)."""
     try:
         size = os.stat(seg_path).st_size
         base = max(SEGMENT_HEADER_SIZE, size - window)
         data = _read(seg_path, base, size - base)
     except OSError:
-        return [], False
+        return [], False, False
+    damage = False
     if base == SEGMENT_HEADER_SIZE:
         records, torn = _chain(data, 0, base)  # a known record boundary
+        if torn:
+            stop = records[-1].offset - base + records[-1].size \
+                if records else 0
+            later = _resync(data, stop + 1, base)
+            if later is not None:
+                (records, torn), damage = later, True
     else:
-        records, torn = [], bool(data)
-        budget = _RESYNC_BUDGET * len(data) + 4096
-        for pos in range(len(data) - RECORD_HEADER_SIZE + 1):
-            if budget <= 0:
-                break
-            crc, length, _, rtype, flags, reserved = \
-                RECORD_HEADER.unpack_from(data, pos)
-            if flags or reserved or rtype == 0 \
-                    or pos + RECORD_HEADER_SIZE + length > len(data):
-                continue
-            budget -= RECORD_HEADER_SIZE + length
-            chain, chain_torn = _chain(data, pos, base)
-            # From a true boundary, intact records run on to the end (or to
-            # a record being written); a false start inside a payload
-            # almost never does.
-            if chain and (not chain_torn or
-                          _intact_at(data, chain[-1].offset - base
-                                     + chain[-1].size) is None):
-                records, torn = chain, chain_torn
-                break
+        found = _resync(data, 0, base)
+        records, torn = found if found is not None else ([], bool(data))
     _decode(records, data, base)
-    return records, torn
+    return records, torn, damage
 
 
 def snapshot_seq(journal_dir: str) -> int | None:
@@ -206,6 +225,7 @@ def look(journal_dir: str, window: int = DEFAULT_WINDOW) -> JournalView:
     if not segments:
         return view
     view.head = read_head(segments[0][1], window)
-    view.tail, view.torn_tail = read_tail(segments[-1][1], window)
+    view.tail, view.torn_tail, view.damage_seen = read_tail(
+        segments[-1][1], window)
     view.snapshot_seq = snapshot_seq(journal_dir)
     return view

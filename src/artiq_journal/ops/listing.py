@@ -11,7 +11,8 @@ States, first match wins:
 
 ``running``    a live process holds the writer lock
 ``recovered``  ``artiq-recover`` dealt with it (the ``recovered`` marker)
-``damaged``    (verify only) the reader found error-level damage
+``damaged``    the reader found error-level damage (cheaply: only damage
+               inside the tail window; ``verify``: anywhere)
 ``finished``   the last record is a clean close
 ``orphaned``   lock free and no clean close: ``artiq-recover`` will take it
 """
@@ -89,6 +90,9 @@ def describe_journal(path: str, *, verify: bool = False) -> JournalRow:
         closed = result.clean_close
         if errors:
             row.detail = str(errors[0])
+    if view.damage_seen and not row.verified:
+        row.problems = 1
+        row.detail = "damage in the last segment's tail (run verify)"
     marker = read_marker(path)
     if marker is not None:
         row.state = "recovered"
