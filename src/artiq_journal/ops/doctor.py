@@ -64,8 +64,12 @@ def check_package() -> Check:
 
 def check_site() -> Check:
     if sys.flags.no_site:
-        return Check("site", False, "Python runs with -S (sys.flags.no_site):"
-                     " .pth files are not processed")
+        # ARTIQ starts its worker as `sys.executable -m ...` without -S, so
+        # this alone does not stop the hook; the "hook" check decides.
+        return Check("site", None, "this Python runs with -S "
+                     "(sys.flags.no_site): .pth files are not processed in "
+                     "it; a worker started without -S still processes them "
+                     "(see the hook check)")
     return Check("site", True, "site module active (.pth files are "
                  "processed)")
 
@@ -155,12 +159,23 @@ def check_adapter() -> Check:
     except (ImportError, AttributeError):
         return Check("adapter", None, signature)
     try:
-        # A manager with no dataset DB: enough for its shape.
-        chosen = select(manager(None))
+        # A manager over an empty stand-in dataset DB: enough for its shape
+        # (its constructor binds ddb.update).
+        chosen = select(manager(_EmptyDatasetDB()))
     except Exception as exc:
         return Check("adapter", False, f"{signature}: no adapter "
                      f"({type(exc).__name__}: {exc}); runs stay unjournaled")
     return Check("adapter", True, f"{type(chosen).__name__} ({signature})")
+
+
+class _EmptyDatasetDB:
+    """The two methods ARTIQ's DatasetManager calls on its dataset DB."""
+
+    def update(self, mod: Any) -> None:
+        pass
+
+    def get(self, key: str) -> Any:
+        raise KeyError(key)
 
 
 def run_checks(results: str = "results") -> list[Check]:
