@@ -783,6 +783,7 @@ class Result:
     records_untrusted: int
     snapshot: Optional[str]
     clean_close: bool        # 10.2: last trusted record is close "results_written"
+    reader_clean_close: bool  # 8.4's variable: last trusted record is a close
 
     @property
     def records_applied(self):
@@ -833,11 +834,12 @@ def replay(d: str) -> Result:
         except BadRecord as e:
             diags.append(Diag("bad_record", rec.file, rec.offset, "error", str(e), rec.seq))
             ok = False
-            untrusted += 1
+            # 9.2 "N intact records *after* the damage were left out": the
+            # failing record itself is not counted (the code agrees).
             continue
         applied.append(rec.seq)
     clean = st.closed and st.close_reason == "results_written"
-    return Result(st, diags, applied, untrusted, snap_name, clean)
+    return Result(st, diags, applied, untrusted, snap_name, clean, reader.clean_close)
 
 
 if __name__ == "__main__":  # pragma: no cover
