@@ -507,11 +507,117 @@ def corpus(root):
     yield "stage-payload-as-tuple", d
 
 
+def frame(seq, rtype, payload):
+    head = struct.pack("<IQBBH", len(payload), seq, rtype, 0, 0)
+    return struct.pack("<I", zlib.crc32(head + payload) & 0xFFFFFFFF) + head + payload
+
+
+def ext(code, data):
+    return b"\xc7" + bytes([len(data)]) + struct.pack("b", code) + data if len(data) < 256 \
+        else b"\xc8" + struct.pack(">H", len(data)) + struct.pack("b", code) + data
+
+
+def pk(v):
+    return msgpack.packb(v, use_bin_type=True)
+
+
+def nd(dtype, dims, raw):
+    return ext(1, pk([dtype, dims]) + raw)
+
+
+def nested(n, inner=b"\xc0"):
+    return b"\x91" * n + inner
+
+
+def tuples(n):
+    v = b"\x90"
+    for _ in range(n):
+        v = ext(3, b"\x91" + v)
+    return v
+
+
+# Values with a valid CRC but odd encodings: section 5's decoding rules.
+CRAFTED = {
+    "float32": b"\xca" + struct.pack(">f", 1.5),
+    "int16-not-minimal": b"\xd1\x00\x05",
+    "uint64": b"\xcf" + (2**64 - 1).to_bytes(8, "big"),
+    "byte-c1": b"\xc1",
+    "timestamp-ext": b"\xd6\xff" + bytes(4),
+    "invalid-utf8": b"\xa2\xff\xfe",
+    "str8-bin8": b"\x92\xd9\x01a\xc4\x01b",
+    "nd-f8-ext16": ext(1, pk([">f8", [2]]) + struct.pack(">dd", 1, 2)),
+    "nd-eq-order": nd("=f8", [1], bytes(8)),
+    "nd-i04": nd("<i04", [1], bytes(4)),
+    "nd-no-order": nd("i4", [1], bytes(4)),
+    "nd-l": nd("<l", [1], bytes(8)),
+    "nd-U0": nd("<U0", [0], b""),
+    "nd-size-mismatch": nd("<i4", [2], bytes(4)),
+    "nd-bool-dim": nd("<i4", [True], bytes(4)),
+    "nd-33-dims": nd("|u1", [1] * 33, bytes(1)),
+    "nd-32-dims": nd("|u1", [1] * 32, bytes(1)),
+    "nd-0d": nd("<c16", [], bytes(16)),
+    "nd-object": nd("|O", [1], bytes(8)),
+    "nd-M8-unit": nd("<M8[10ms]", [1], bytes(8)),
+    "nd-dtype-bin": ext(1, pk([b"<f8", [1]]) + bytes(8)),
+    "nd-dtype-33": nd("<M8[" + "1" * 28 + "ms]", [1], bytes(8)),
+    "sc-U0": ext(2, pk(["<U0", bytes(4)])),
+    "sc-S0-1": ext(2, pk(["|S0", bytes(1)])),
+    "sc-U0-5": ext(2, pk(["<U0", bytes(5)])),
+    "sc-U0-nonzero": ext(2, pk(["<U0", b"\0\1"])),
+    "sc-wrong-size": ext(2, pk(["<f8", bytes(4)])),
+    "sc-raw-str": ext(2, b"\x92\xa3<i4\xa4abcd"),
+    "sc->i2": ext(2, pk([">i2", b"\x01\x02"])),
+    "tuple-of-map": ext(3, b"\x80"),
+    "tuple-trailing": ext(3, b"\x90\xc0"),
+    "tuples-64": tuples(64),
+    "tuples-65": tuples(65),
+    "complex-15": ext(4, bytes(15)),
+    "bigint-0": ext(5, b""),
+    "bigint-not-minimal": ext(5, b"\x05\x00\x00"),
+    "bigint-4096": ext(5, b"\x01" * 4096),
+    "bigint-4097": ext(5, b"\x01" * 4097),
+    "ext-unknown-7": ext(7, b"x"),
+    "map-list-key": b"\x81\x90\xc0",
+    "map-tuple-key": b"\x81" + ext(3, b"\x92\x01\xa1a") + b"\x01",
+    "map-tuple-list-key": b"\x81" + ext(3, b"\x91\x90") + b"\x01",
+    "map-nd-key": b"\x81" + nd("|u1", [1], b"\x01") + b"\x01",
+    "map-scalar-key": b"\x81" + ext(2, pk(["<i4", bytes(4)])) + b"\x01",
+    "map-repeated-keys": b"\x83\x01\xa1a\xc3\xa1b\x01\xa1c",
+    "map-nan-key": b"\x81\xcb" + struct.pack(">d", float("nan")) + b"\x01",
+    # the value sits at level 2 (the set array is level 1): n containers
+    # nested in it reach level n + 1
+    "nesting-100": nested(99),
+    "nesting-101": nested(100),
+    "nesting-101-empty": nested(99, b"\x90"),
+    "nesting-100-map": b"\x81\x01" * 99 + b"\xc0",
+    "nesting-101-map": b"\x81\x01" * 100 + b"\xc0",
+    "nesting-101-tuple": b"\x91" * 98 + tuples(1),
+    "array-count-too-large": b"\xdd\xff\xff\xff\xff",
+}
+
+
+def crafted_journals(root):
+    for name, value in CRAFTED.items():
+        for variant in ("", "+trailing-byte"):
+            if variant and name != "float32":
+                continue
+            d = os.path.join(root, "crafted", name + variant, "1-Crafted.journal")
+            w = JournalWriter(d, fsync="never", heartbeat_interval=None)
+            w.append(1, {"rid": 1, "class_name": "Crafted"})
+            w.append(3, ["pre", [1], {}, False, False, True])
+            w.abandon()
+            payload = b"\x96\xa1k" + value + b"\x80\xc2\xc2\xc3" + (b"\0" if variant else b"")
+            seg = segs(d)[-1][1]
+            with open(seg, "ab") as f:
+                f.write(frame(3, 3, payload) + frame(4, 9, pk(["x"])))
+            yield f"crafted-payload/{name}{variant}", d
+
+
 def run_corpus():
     root = tempfile.mkdtemp(prefix="outsider-")
     try:
         results = []
-        for label, d in corpus(root):
+        for label, d in list(corpus(root)) + list(crafted_journals(root)):
             try:
                 problems = compare(d)
             except Exception as e:  # noqa: BLE001
