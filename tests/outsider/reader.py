@@ -38,6 +38,7 @@ MAX_DTYPE = 32
 DATASET_STATE_FORMAT = 1
 
 RUN_INFO, STAGE, SET, MUTATE, APPEND_TO, ARCHIVE, CHECKPOINT, RESUMED_FROM, CLOSE = range(1, 10)
+HEARTBEAT = 10
 
 SEGMENT_RE = re.compile(r"segment-(0|[1-9][0-9]*)\.log")
 DTYPE_RE = re.compile(r"[<>|=][biufcSUmM][0-9]+(\[[A-Za-z0-9]+\])?")
@@ -644,8 +645,8 @@ def load_snapshot(d, diags):
         if err == "missing":
             continue
         if fd is None:
-            if err == "not_regular":
-                diags.append(Diag("not_regular", path, None, "error", "not a regular file"))
+            # 3.: a snapshot file that is not regular is reported as a
+            # damaged snapshot (7.4), not as not_regular.
             failed.append((name, None, err))
             continue
         try:
@@ -661,10 +662,15 @@ def load_snapshot(d, diags):
             continue
         used = (name, seq, value)
         break
+    if used is None:
+        # 7.4: none valid -> ONE combined diagnostic (unless all missing).
+        if failed:
+            diags.append(Diag("snapshot", d, None, "info", "no usable "
+                              "snapshot (" + "; ".join(
+                                  f"{n}: {r}" for n, _o, r in failed) + ")"))
+        return None, None, None
     for name, off, reason in failed:
         diags.append(Diag("snapshot", d, None, "info", f"{name}: {reason}"))
-    if used is None:
-        return None, None, None
     name, seq, value = used
     try:
         st, start = state_from_snapshot(value, seq)
@@ -765,6 +771,11 @@ def apply(st: State, rec: Record):
         elif t == CLOSE:
             _arr(p, 1)
             st.close_reason = p[0] if isinstance(p[0], str) else None
+        elif t == HEARTBEAT:
+            # 6.3: a non-empty array whose first item is a number.
+            if not isinstance(p, list) or not p or isinstance(p[0], bool) \
+                    or not isinstance(p[0], (int, float)):
+                raise BadRecord("heartbeat is not [unix_time, ...]")
         else:
             raise BadRecord(f"unknown record type {t}")
     except BadRecord:
