@@ -615,6 +615,8 @@ class Model:
                                             payload["class_name"])
                                     if rtype == REC_RUN_INFO
                                     else ("stage", payload[0]))
+        elif rtype == REC_CLOSE:
+            self.record_log[seq] = (rtype, None)   # any reason will do
         else:
             self.record_log[seq] = (rtype, digest(payload))
         p = copy.deepcopy(payload)
