@@ -56,6 +56,7 @@ from . import publish
 from .discover import (FoundJournal, find_journals, fingerprint,
                        parse_journal_name, tail_close_reason)
 from .hdf5_out import RecoveryInfo, write_results_file
+from .points import split_partial_point
 from .report import Problem, Report, RunReport
 
 #: ``progress(done, total, run)`` after each journal.
@@ -436,6 +437,17 @@ class _Recovery:
             snapshot_seq=result.snapshot.seq if result.snapshot else None,
             snapshot_note=result.snapshot_note,
             problems=list(rep.problems))
+        partial = split_partial_point(self.path, result.state)
+        if partial is not None:
+            info.partial_point = partial.values
+            info.partial_point_missing = partial.missing
+            self.problem(
+                "the crash cut the last scan point: "
+                f"{', '.join(partial.values)} appended, "
+                f"{', '.join(partial.missing) or 'nothing'} not; those "
+                "entries are kept aside in artiq_journal/partial_point so "
+                "the datasets stay in step", "warning")
+            info.problems = list(rep.problems)
         if self.lock is not None:
             directory.remove_stale_temps(name)
         fd, tmp = directory.create_temp(name, self.owner)
