@@ -61,8 +61,12 @@ def _run_and_kill(tmp_path, seed: int, checkpoints: bool,
                               ",".join(KEYS), "1" if checkpoints else "0",
                               str(die_after)])
     if not die_after:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and child.poll() is None and \
+                not (os.path.exists(acks) and os.path.getsize(acks) > 0):
+            time.sleep(0.01)    # started and appending (slow when loaded)
         rng = random.Random(seed)
-        time.sleep(0.3 + rng.random() * 0.5)
+        time.sleep(0.05 + rng.random() * 0.3)
         child.send_signal(signal.SIGKILL)
     child.wait()
     acked: dict = {key: [] for key in KEYS}

@@ -186,7 +186,7 @@ def read_tail(seg_path: str, window: int = DEFAULT_WINDOW
     try:
         size = _size(seg_path)
         base = max(SEGMENT_HEADER_SIZE, size - window)
-        data = _read(seg_path, base, size - base)
+        data = _read(seg_path, base, max(size - base, 0))
     except OSError:
         return [], False, False
     damage = False

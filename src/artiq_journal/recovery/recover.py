@@ -447,7 +447,12 @@ class _Recovery:
             snapshot_seq=result.snapshot.seq if result.snapshot else None,
             snapshot_note=result.snapshot_note,
             problems=list(rep.problems))
-        partial = split_partial_point(self.path, result.state)
+        try:
+            partial = split_partial_point(self.path, result.state)
+        except Exception as exc:  # noqa: BLE001 - a refinement, not a need
+            partial = None
+            self.problem(f"cannot look for a scan point cut by the crash: "
+                         f"{type(exc).__name__}: {exc}", "info")
         if partial is not None:
             info.partial_point = partial.values
             info.partial_point_missing = partial.missing
