@@ -183,7 +183,7 @@ def test_a_failing_custom_store_dataset_leaves_artiqs_layout(tmp_path):
                           timeout=120, stderr=subprocess.PIPE)
     assert done.ok, done.stderr
     assert b"user bug" in done.stderr
-    with h5py.File(done.results_file, "r") as f:
+    with h5py.File(done.h5_path, "r") as f:
         assert np.array_equal(f["datasets/counts"][()],
                               np.arange(5000) % 7)
         assert f["datasets/counts"].compression is None
