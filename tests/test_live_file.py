@@ -121,3 +121,41 @@ def test_live_file_after_sigkill_holds_the_last_state_and_recovery_ignores_it(
         assert np.array_equal(f["datasets/ys"][()], expect[:151])
     assert os.stat(partial).st_mtime_ns == stat.st_mtime_ns, \
         "recovery never touches the live file"
+
+
+WRITE_RESULTS = '''
+import numpy as np
+from artiq_journal.runner.experiment import *
+from artiq_journal.storage_policy import StoragePolicy
+from artiq_journal.worker_hooks import JournalResumable, write_results
+
+
+class Early(JournalResumable, EnvExperiment):
+    journal_storage = StoragePolicy(compress_above=100)
+
+    def run(self):
+        self.set_dataset("ys", np.arange(1000.0))
+        self.set_dataset("n", 1)
+        early = self.write_results()
+        self.set_dataset("n", 2)
+        write_results(self, early + ".second.h5")
+        self.set_dataset("n", 3)
+'''
+
+
+def test_write_results_from_the_experiment_is_the_state_of_that_moment(
+        tmp_path):
+    from artiq_journal.runner import run_experiment
+    exp = tmp_path / "early.py"
+    exp.write_text(WRITE_RESULTS)
+    done = run_experiment(str(exp), rid=3, timeout=60,
+                          results_dir=str(tmp_path / "results"))
+    assert done.ok
+    (early,) = glob.glob(str(tmp_path / "results" / "*" / "*" /
+                             "000000003-Early.export.h5"))
+    for path, n in ((early, 1), (early + ".second.h5", 2),
+                    (done.h5_path, 3)):
+        with h5py.File(path, "r") as f:
+            assert f["datasets/n"][()] == n
+            assert f["datasets/ys"].compression == "gzip"
+            assert np.array_equal(f["datasets/ys"][()], np.arange(1000.0))
