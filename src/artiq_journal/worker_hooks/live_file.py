@@ -19,10 +19,12 @@ named by its ``artiq_journal/last_seq`` attribute, with the run's storage
 policy applied (declarative part; custom ``store_dataset`` is not run, the
 file's ``artiq_journal/problems`` says so).
 
-When it is refreshed: every ``ARTIQ_JOURNAL_LIVE_S`` seconds, and soon after
-each checkpoint (pokes arriving during a refresh are merged into one, and
-refreshes are at least :data:`MIN_GAP_S` apart, so frequent checkpoints
-cannot keep a core busy); never while the journal did not change.
+When it is refreshed: every ``ARTIQ_JOURNAL_LIVE_S`` seconds, and at a
+checkpoint once half a period has passed since the last refresh (pokes
+arriving meanwhile are merged; so frequent checkpoints cannot keep a core
+busy, and the file is at a checkpoint whenever the run checkpoints often);
+never while the journal did not change.  The side process runs at a lower
+CPU priority (``nice`` +10) than the experiment.
 
 When the run ends (the pipe tells the side process):
 
@@ -178,6 +180,10 @@ def main(argv: "list[str] | None" = None) -> int:
     # Ctrl-C in the terminal of a run reaches this process too; it ends
     # when the worker's end of the pipe closes, never half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(10)     # the experiment's process comes first
+    except (AttributeError, OSError):
+        pass
 
     def terminate(signum: int, frame: Any) -> None:
         raise SystemExit(0)  # unwinds export's clean-up of its temp file
@@ -189,7 +195,7 @@ def main(argv: "list[str] | None" = None) -> int:
     while True:
         now = time.monotonic()
         if wanted:
-            due = min(due, last + MIN_GAP_S)
+            due = min(due, last + max(MIN_GAP_S, interval / 2))
         ready, _, _ = select.select([0], [], [], max(0.0, due - now))
         if ready:
             data = os.read(0, 4096)

@@ -40,8 +40,6 @@ __all__ = ["policy_data", "capture_layout", "write_hdf5_with_layout",
 def policy_data(experiment: Any) -> "dict | None":
     """The plain-data storage policy of an experiment class or instance, or
     None for ARTIQ's layout.  TypeError for a bad ``journal_storage``."""
-    if isinstance(experiment, type):
-        experiment = experiment.__new__(experiment)  # class attributes only
     layout = Layout.of_experiment(experiment)
     return None if layout is None else layout.policy.to_data()
 
