@@ -98,9 +98,10 @@ def _attach_journal(options: dict, dataset_mgr: DatasetManager, rid: int,
                     start_time: float) -> Any:
     # Imported here: a run without journaling must not depend on it.
     worker_hooks = importlib.import_module("artiq_journal.worker_hooks")
-    storage = importlib.import_module("artiq_journal.worker_hooks.storage")
+    layouts = importlib.import_module("artiq_journal.storage_layout")
     try:
-        policy = storage.policy_data(experiment_class)
+        layout = layouts.Layout.of_experiment(experiment_class)
+        policy = None if layout is None else layout.policy.to_data()
     except TypeError as exc:
         logger.warning("artiq-journal: RID %s: storage policy ignored: %s",
                        rid, exc)
@@ -113,7 +114,8 @@ def _attach_journal(options: dict, dataset_mgr: DatasetManager, rid: int,
                                pipeline_name=job.get("pipeline_name", "main"),
                                priority=job.get("priority", 0),
                                artiq_version=RUNNER_VERSION,
-                               storage_policy=policy)
+                               **({} if policy is None
+                                  else {"storage_policy": policy}))
 
 
 def _capture_layout(journal: Any, experiment: Any, rid: int) -> Any:
@@ -125,7 +127,8 @@ def _capture_layout(journal: Any, experiment: Any, rid: int) -> Any:
     except TypeError as exc:
         logger.warning("storage policy ignored: %s", exc)
         return None
-    if journal is None:
+    recorded = getattr(journal, "run_info", {}).get("storage_policy")
+    if journal is None or (plain is None and recorded is None):
         return plain
     storage = importlib.import_module("artiq_journal.worker_hooks.storage")
     return storage.capture_layout(journal, experiment, rid)
