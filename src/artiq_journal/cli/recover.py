@@ -68,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write results files under DIR (same layout "
                              "relative to each PATH) and leave the results "
                              "tree untouched")
+    parser.add_argument("--trust-experiment-code", action="store_true",
+                        help="runs whose storage policy names the "
+                             "experiment's own store_dataset/write_metadata: "
+                             "import the experiment file named in the "
+                             "journal and run them (explicit consent to run "
+                             "that code; without it the declarative policy "
+                             "is applied and a warning says what was not)")
+    parser.add_argument("--repository", metavar="DIR",
+                        help="with --trust-experiment-code: where relative "
+                             "experiment file names are (default: the "
+                             "working directory)")
     level = parser.add_mutually_exclusive_group()
     level.add_argument("-q", "--quiet", action="store_true",
                        help="print only runs that were not fully recovered")
@@ -175,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     printer = _Printer(args, sys.stderr if args.json else sys.stdout)
     try:
         report = recover(paths, output=args.output, dry_run=args.dry_run,
-                         force=args.force, progress=printer)
+                         force=args.force, progress=printer,
+                         trust_experiment_code=args.trust_experiment_code,
+                         repository=args.repository)
     except RecoveryError as exc:
         return _usage_error(str(exc))
     except KeyboardInterrupt:

@@ -33,6 +33,7 @@ import h5py
 from ..journal.liveness import probe_lock
 from ..replay import ReplayResult, replay
 from .discover import fingerprint, parse_journal_name
+from ..storage_layout import Layout
 from .hdf5_out import GROUP, LIBVER, RecoveryInfo, write_results_file
 from .publish import fsync_dir
 from .report import Problem
@@ -135,7 +136,8 @@ def export_journal(journal_dir: str, output: str | None = None, *,
 
 
 def _write_atomically(output: str, result: ReplayResult, info: RecoveryInfo,
-                      writer: str) -> list[Problem]:
+                      writer: str, layout: Layout | None = None
+                      ) -> list[Problem]:
     directory, name = os.path.split(output)
     tmp = os.path.join(directory,
                        f".{name}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
@@ -150,7 +152,7 @@ def _write_atomically(output: str, result: ReplayResult, info: RecoveryInfo,
             # Through the descriptor: the file we created is the file we
             # write and publish, whatever happens to the name meanwhile.
             storage = write_results_file(f, result.state, info,
-                                         output_name=output)
+                                         output_name=output, layout=layout)
             f.flush()
             with h5py.File(f, "r+", libver=LIBVER) as h5:
                 _mark_export(h5, writer)

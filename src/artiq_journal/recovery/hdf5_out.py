@@ -68,6 +68,8 @@ from .. import __version__
 from .. import pyon
 from ..journal.constants import FORMAT_VERSION
 from ..runstate import RunState
+from ..storage_layout import Layout
+from ..storage_policy import PolicyError, StoragePolicy
 from .report import Problem
 
 #: Version of the ``artiq_journal`` group's own layout.
@@ -311,6 +313,14 @@ class _GuardedGroup:
         return self._names.get(key, key)
 
     def __setitem__(self, key: str, value: Any) -> None:
+        self._put(key, value, None)
+
+    def create_dataset(self, key: str, data: Any, **options: Any) -> None:
+        """``create_dataset`` (a storage policy's filters), guarded like
+        ``group[key] = data``."""
+        self._put(key, data, options)
+
+    def _put(self, key: str, value: Any, options: dict | None) -> None:
         name = self._stored(key)
         where = f"{self._group.name.lstrip('/')}/{key}"
         if name != key:
@@ -320,7 +330,10 @@ class _GuardedGroup:
             self._sink.escaped.append(json.dumps(
                 [self._group.name.lstrip("/"), name, key]))
         try:
-            self._group[name] = _numeric_list_as_array(value)
+            if options is None:
+                self._group[name] = _numeric_list_as_array(value)
+            else:
+                self._group.create_dataset(name, data=value, **options)
             return
         except Exception as exc:  # h5py raises many kinds; never fatal
             reason = _reason(exc)
@@ -462,7 +475,7 @@ def _set_attr(a: Any, name: str, value: Any, sink: _Sink) -> None:
 
 
 def _journal_group(f: h5py.File, state: RunState, info: RecoveryInfo,
-                   sink: _Sink) -> None:
+                   sink: _Sink, layout: Layout | None = None) -> None:
     g = f.create_group(GROUP)
     a = g.attrs
     attrs = {
@@ -483,6 +496,11 @@ def _journal_group(f: h5py.File, state: RunState, info: RecoveryInfo,
     }
     if info.snapshot_seq is not None:
         attrs["snapshot_seq"] = np.int64(info.snapshot_seq)
+    if layout is not None:
+        applied = layout.policy.with_custom(
+            [m for m in layout.policy.custom
+             if m not in layout.not_applied()])
+        attrs["storage_policy"] = json.dumps(applied.to_data())
     if state.resumed_from is not None:
         try:
             attrs["resumed_from"] = json.dumps(state.resumed_from,
@@ -514,7 +532,8 @@ def _journal_group(f: h5py.File, state: RunState, info: RecoveryInfo,
 
 
 def write_results_file(target: Any, state: RunState, info: RecoveryInfo, *,
-                       output_name: str | None = None) -> list[Problem]:
+                       output_name: str | None = None,
+                       layout: Layout | None = None) -> list[Problem]:
     """Write the results file of ``state`` into ``target``: a path (created
     or truncated) or, preferably, a binary file object opened read-write
     on a file the caller created exclusively (then every byte goes through
@@ -526,13 +545,75 @@ def write_results_file(target: Any, state: RunState, info: RecoveryInfo, *,
     be stored never stops the rest from being written.  Raises for I/O
     failures (the file is then incomplete and must not be published).
     ``output_name`` names the file in problem messages.
+
+    The datasets are laid out by the run's storage policy: ``layout`` when
+    given (recovery with ``--trust-experiment-code``), else the declarative
+    policy recorded in the run info (:func:`layout_of_run`); a custom
+    method that could not be run is a warning problem.
     """
     sink = _Sink(output_name or getattr(target, "name", None) or str(target))
     datasets = state.datasets
     plans = {"datasets": plan_names(datasets.local),
              "archive": plan_names(datasets.archive)}
+    if layout is None:
+        layout = layout_of_run(state.run_info, sink)
     with h5py.File(target, "w", libver=LIBVER) as f:
-        datasets.write_hdf5(_GuardedFile(f, plans, sink))
+        guarded = _GuardedFile(f, plans, sink)
+        if layout is None:
+            datasets.write_hdf5(guarded)
+        else:
+            _write_with_layout(f, guarded, datasets, layout, sink)
         _root_scalars(f, state, info.rid, sink)
-        _journal_group(f, state, info, sink)
+        if layout is not None and layout.write_metadata is not None:
+            try:
+                layout.write_metadata_into(f)
+            except Exception as exc:  # noqa: BLE001 - the user's code
+                sink.add("storage policy: the experiment's write_metadata "
+                         f"raised ({_reason(exc)}); what it wrote before "
+                         "is kept", "warning")
+        _journal_group(f, state, info, sink, layout)
     return sink.problems
+
+
+def layout_of_run(run_info: Any, sink: Any = None) -> Layout | None:
+    """The declarative storage policy recorded in a run's run-info map
+    (``storage_policy``), without custom code; None for ARTIQ's layout.
+    A policy that cannot be read is reported (warning) and not applied."""
+    data = run_info.get("storage_policy") if isinstance(run_info, dict) \
+        else None
+    if data is None:
+        return None
+    try:
+        policy = StoragePolicy.from_data(data)
+    except PolicyError as exc:
+        if sink is not None:
+            sink.add(f"storage policy not applied ({exc}); ARTIQ's default "
+                     "layout written", "warning")
+        return None
+    return None if policy.is_default else Layout(policy)
+
+
+def _write_with_layout(f: h5py.File, guarded: Any, datasets: Any,
+                       layout: Layout, sink: _Sink) -> None:
+    for method in layout.not_applied():
+        sink.add(f"storage policy: the experiment's own {method}() was not "
+                 "run (it needs the experiment's code: artiq-recover "
+                 "--trust-experiment-code); "
+                 + ("datasets written with the declarative policy only"
+                    if method == "store_dataset" else
+                    "its extra metadata is missing"), "warning")
+    try:
+        layout.write_hdf5(guarded, datasets, raw=f, report=sink.add)
+        return
+    except Exception as exc:  # noqa: BLE001 - the user's store_dataset
+        if layout.store_dataset is None:
+            raise
+        reason = _reason(exc)
+    for name in ("datasets", "archive"):
+        if name in f:
+            del f[name]
+    sink.add(f"storage policy: the experiment's store_dataset raised "
+             f"({reason}); datasets written with the declarative policy "
+             "only", "warning")
+    Layout(layout.policy).write_hdf5(guarded, datasets, raw=f,
+                                     report=sink.add)

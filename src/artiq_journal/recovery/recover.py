@@ -56,7 +56,8 @@ from ..replay import ReplayResult, replay
 from . import publish
 from .discover import (FoundJournal, find_journals, fingerprint,
                        parse_journal_name, tail_close_reason)
-from .hdf5_out import RecoveryInfo, write_results_file
+from .experiment_code import trusted_layout
+from .hdf5_out import RecoveryInfo, layout_of_run, write_results_file
 from .points import split_partial_point
 from .report import Problem, Report, RunReport
 
@@ -68,13 +69,22 @@ PathArg = Union[str, os.PathLike]
 def recover(paths: PathArg | Iterable[PathArg], *,
             output: PathArg | None = None, dry_run: bool = False,
             force: bool = False,
-            progress: ProgressCallback | None = None) -> Report:
+            progress: ProgressCallback | None = None,
+            trust_experiment_code: bool = False,
+            repository: PathArg | None = None) -> Report:
     """Recover every orphaned journal at or below ``paths``.
 
     ``output``: write results files under this directory instead (same
     layout relative to each path; the results tree is only read).
     ``dry_run``: read and report only; nothing is written anywhere.
     ``force``: also recover journals whose writer is still alive.
+    ``trust_experiment_code``: import the experiment file the journal names
+    (relative to ``repository``, default the working directory) to run its
+    custom ``store_dataset``/``write_metadata`` (see
+    :mod:`.experiment_code`); without it a journal naming such methods is
+    recovered with its declarative policy only, and a warning says so.
+    A run whose storage policy wants no results file gets none
+    (``no_results_expected``).
 
     Raises :class:`RecoveryError` only for a path that is not an existing
     directory (a usage error).
@@ -92,7 +102,11 @@ def recover(paths: PathArg | Iterable[PathArg], *,
     for done, journal in enumerate(found, 1):
         run = RunReport(journal=journal.path)
         try:
-            _Recovery(journal, run, out_dir, dry_run, force).run()
+            recovery = _Recovery(journal, run, out_dir, dry_run, force)
+            recovery.trust = trust_experiment_code
+            recovery.repository = None if repository is None else \
+                os.path.abspath(os.fspath(repository))
+            recovery.run()
         except Exception as exc:  # never crash: report, go on with the rest
             run.outcome = "failed"
             run.problems.append(Problem(journal.path, None, "recovery "
@@ -147,6 +161,9 @@ class _Recovery:
         self.found, self.run_report = found, run
         self.path = found.path
         self.out_dir, self.dry_run, self.force = out_dir, dry_run, force
+        #: --trust-experiment-code and where relative expid files are.
+        self.trust = False
+        self.repository: str | None = None
         # Markers and moving files aside only in the results tree itself.
         self.in_place = out_dir is None and not dry_run
         self.fingerprint = fingerprint(self.path)
@@ -290,6 +307,16 @@ class _Recovery:
                          "writes no results file for such a run, so none is "
                          f"made; its {result.last_seq} records stay in the "
                          "journal ('artiq-journal inspect')", "info")
+            rep.outcome = "no_results_expected"
+            return
+        layout = layout_of_run(state.run_info)
+        if layout is not None and not layout.results_file \
+                and not rep.data_lost:
+            self.problem("the experiment's storage policy wants no results "
+                         "file (results_file=False): none is made; its "
+                         f"{result.last_seq} records stay in the journal "
+                         "('artiq-journal export' writes one on request)",
+                         "info")
             rep.outcome = "no_results_expected"
             return
         name = self._file_name()
@@ -463,6 +490,13 @@ class _Recovery:
                 "entries are kept aside in artiq_journal/partial_point so "
                 "the datasets stay in step", "warning")
             info.problems = list(rep.problems)
+        layout = layout_of_run(result.state.run_info)
+        if self.trust and layout is not None and layout.policy.custom:
+            layout, why = trusted_layout(layout, result.state.run_info,
+                                         self.repository)
+            if why is not None:
+                self.problem(why, "warning")
+                info.problems.append(rep.problems[-1])
         if self.lock is not None:
             directory.remove_stale_temps(name)
         fd, tmp = directory.create_temp(name, self.owner)
@@ -470,7 +504,7 @@ class _Recovery:
             with os.fdopen(fd, "w+b") as fobj:
                 rep.problems += write_results_file(
                     fobj, result.state, info,
-                    output_name=directory.join(name))
+                    output_name=directory.join(name), layout=layout)
                 fobj.flush()
                 # Data durable before the name appears: a power loss must
                 # not leave a named but empty results file.

@@ -98,6 +98,14 @@ def _attach_journal(options: dict, dataset_mgr: DatasetManager, rid: int,
                     start_time: float) -> Any:
     # Imported here: a run without journaling must not depend on it.
     worker_hooks = importlib.import_module("artiq_journal.worker_hooks")
+    layouts = importlib.import_module("artiq_journal.storage_layout")
+    try:
+        layout = layouts.Layout.of_experiment(experiment_class)
+        policy = None if layout is None else layout.policy.to_data()
+    except TypeError as exc:
+        logger.warning("artiq-journal: RID %s: storage policy ignored: %s",
+                       rid, exc)
+        policy = None
     return worker_hooks.attach(dataset_mgr, rid=rid, expid=expid,
                                class_name=experiment_class.__name__,
                                results_dir=os.getcwd(),
@@ -105,7 +113,25 @@ def _attach_journal(options: dict, dataset_mgr: DatasetManager, rid: int,
                                start_time=start_time,
                                pipeline_name=job.get("pipeline_name", "main"),
                                priority=job.get("priority", 0),
-                               artiq_version=RUNNER_VERSION)
+                               artiq_version=RUNNER_VERSION,
+                               **({} if policy is None
+                                  else {"storage_policy": policy}))
+
+
+def _capture_layout(journal: Any, experiment: Any, rid: int) -> Any:
+    """The experiment's storage layout after build() (recorded in the
+    journal when it differs from its class's); None: ARTIQ's layout."""
+    layouts = importlib.import_module("artiq_journal.storage_layout")
+    try:
+        plain = layouts.Layout.of_experiment(experiment)
+    except TypeError as exc:
+        logger.warning("storage policy ignored: %s", exc)
+        return None
+    recorded = getattr(journal, "run_info", {}).get("storage_policy")
+    if journal is None or (plain is None and recorded is None):
+        return plain
+    storage = importlib.import_module("artiq_journal.worker_hooks.storage")
+    return storage.capture_layout(journal, experiment, rid)
 
 
 def execute(job: dict) -> None:
@@ -129,16 +155,35 @@ def execute(job: dict) -> None:
     journal = None
     start_time = run_time = None
     experiment_class: type | None = None
+    #: The experiment's storage layout (artiq_journal.storage_layout), taken
+    #: after build() and recorded in the journal; None: ARTIQ's layout.
+    layout: Any = None
 
     def write_results() -> None:
         filename = results_filename(rid, experiment_class)
+        storage = None
+        if layout is not None:
+            storage = importlib.import_module(
+                "artiq_journal.worker_hooks.storage")
+            if not layout.results_file:
+                # The experiment wants no results file at all.
+                if journal is not None:
+                    journal.results_not_wanted()
+                return
         with h5py.File(filename, "w") as f:
-            dataset_mgr.write_hdf5(f)
+            if storage is None:
+                dataset_mgr.write_hdf5(f)
+            else:
+                storage.write_hdf5_with_layout(
+                    layout, dataset_mgr.write_hdf5, f, lambda: dataset_mgr,
+                    rid)
             f["artiq_version"] = RUNNER_VERSION
             f["rid"] = rid
             f["start_time"] = start_time
             f["run_time"] = run_time
             f["expid"] = pyon.encode(expid)
+            if storage is not None:
+                storage.write_metadata(layout, f, rid)
         if journal is not None:
             journal.results_written(os.path.abspath(filename))
 
@@ -170,6 +215,7 @@ def execute(job: dict) -> None:
         exp_inst = experiment_class((device_mgr, dataset_mgr, argument_mgr,
                                      {}))
         argument_mgr.check_unprocessed_arguments()
+        layout = _capture_layout(journal, exp_inst, rid)
 
         stage("prepare", time.time())
         exp_inst.prepare()

@@ -25,7 +25,7 @@ import sys
 import types
 from importlib import import_module
 
-__all__ = ["attach", "LiveJournal", "JournalResumable"]
+__all__ = ["attach", "LiveJournal", "JournalResumable", "write_results"]
 
 def _export(module: str, name: str) -> property:
     def get(package: types.ModuleType) -> object:
@@ -44,6 +44,7 @@ class _Package(types.ModuleType):
     attach = _export("attach", "attach")
     LiveJournal = _export("attach", "LiveJournal")
     JournalResumable = _export("resume", "JournalResumable")
+    write_results = _export("storage", "write_results")
 
 
 sys.modules[__name__].__class__ = _Package

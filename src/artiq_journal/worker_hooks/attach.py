@@ -153,7 +153,9 @@ def attach(dataset_mgr: Any, *, rid: int, expid: dict, class_name: str,
            artiq_version: str | None = None, on_error: str | None = None,
            keep: bool | None = None, group_interval: float | None = None,
            snapshot_interval: float | None = None,
-           stage: str | None = "build") -> LiveJournal:
+           stage: str | None = "build",
+           storage_policy: dict | None = None,
+           live_interval: Any = "env") -> LiveJournal:
     """Journal every later ``set``/``mutate``/``append_to``/``get(archive=
     True)`` on ``dataset_mgr``, into ``<results_dir>/<rid:09d>-<class_name>
     .journal``, and return the live journal.
@@ -168,6 +170,13 @@ def attach(dataset_mgr: Any, *, rid: int, expid: dict, class_name: str,
     here.  ``on_error``, ``keep``, ``group_interval`` (s) and
     ``snapshot_interval`` (s) default to the ``ARTIQ_JOURNAL_*``
     environment.
+
+    ``storage_policy``: the experiment's storage policy as plain data
+    (:meth:`~artiq_journal.storage_policy.StoragePolicy.to_data`), recorded
+    as the run-info key ``storage_policy``.  ``live_interval``: seconds
+    between refreshes of the live file ``<rid:09>-<Class>.partial.h5``
+    (:mod:`.live_file`; None: none; default ``ARTIQ_JOURNAL_LIVE_S``); not
+    started when the policy wants no results file.
 
     A leftover journal of an earlier run under the same name is moved aside
     (:mod:`.naming`); two runs never share a journal.  Raises, leaving the
@@ -222,6 +231,8 @@ def attach(dataset_mgr: Any, *, rid: int, expid: dict, class_name: str,
     }
     run_info.update(_pyon_fields(rid, expid))
     run_info.update(experiment_fingerprint(expid))
+    if storage_policy is not None:
+        run_info["storage_policy"] = storage_policy
     durable = fsync != "never" and dir_fsync
     try:
         path, moved = claim_journal_dir(results_dir, rid, class_name,
@@ -264,6 +275,10 @@ def attach(dataset_mgr: Any, *, rid: int, expid: dict, class_name: str,
             raise JournalFailed(f"cannot start journal: {exc}",
                                 path=path) from exc
         raise
+    interval = env.live_interval if live_interval == "env" else live_interval
+    if interval and (storage_policy or {}).get("results_file") is not False:
+        from .live_file import start
+        live.live_file = start(path, results_dir, rid, class_name, interval)
     if moved is not None:
         logger.warning("artiq-journal: RID %d: a journal of an earlier run "
                        "with the same RID and class was in the way; moved it "

@@ -298,6 +298,13 @@ def _start(instance: Any, managers: tuple) -> "_WorkerRun | None":
     start_time = frame.get("start_time")
     if not isinstance(start_time, float):
         start_time = time.time()
+    from .storage import policy_data
+    try:
+        storage_policy = policy_data(type(instance))
+    except Exception as exc:  # noqa: BLE001 - an invalid journal_storage
+        logger.warning("artiq-journal: RID %s: storage policy ignored: %s",
+                       rid, exc)
+        storage_policy = None
     try:
         live = attach(dataset_mgr, rid=rid, expid=expid,
                       class_name=class_name, results_dir=os.getcwd(),
@@ -306,7 +313,9 @@ def _start(instance: Any, managers: tuple) -> "_WorkerRun | None":
                       priority=getattr(scheduler, "priority", None),
                       start_time=start_time, on_error=cfg.on_error,
                       keep=cfg.keep, group_interval=cfg.group_interval,
-                      snapshot_interval=cfg.snapshot_interval)
+                      snapshot_interval=cfg.snapshot_interval,
+                      storage_policy=storage_policy,
+                      live_interval=cfg.live_interval)
     except (OSError, JournalFailed) as exc:
         message = f"cannot start the journal of RID {rid}: {exc}"
         if cfg.on_error == "stop":
@@ -341,10 +350,18 @@ class _WorkerRun:
         self.results_attempted = False
         self.finished = False
         self._write_hdf5: Callable | None = None
+        #: The storage layout of the experiment (after build()), or None.
+        self.layout: Any = None
 
     # -- stages ----------------------------------------------------------------
 
     def wrap_stages(self, instance: Any) -> None:
+        from ..errors import JournalFailed
+        from .storage import capture_layout
+        try:
+            self.layout = capture_layout(self.live, instance, _rid)
+        except JournalFailed as exc:
+            raise _PolicyStop(exc) from exc
         for name in ("prepare", "run", "analyze"):
             method = getattr(instance, name, None)
             if callable(method):
@@ -405,7 +422,13 @@ class _WorkerRun:
 
         def write_hdf5(f: Any) -> None:
             self.results_attempted = True
-            original(f)
+            layout = self.layout
+            if layout is None:
+                original(f)
+            else:
+                from .storage import write_hdf5_with_layout
+                write_hdf5_with_layout(layout, original, f,
+                                       self.live.adapter.datasets_view, _rid)
             _guarded(self.watch_results_file, f)
 
         self._write_hdf5 = write_hdf5
@@ -426,11 +449,19 @@ class _WorkerRun:
         path = os.path.abspath(f.filename)
         original = f.close
 
+        layout = self.layout
+        wanted = layout is None or layout.results_file
+
         def close() -> None:
+            if layout is not None and wanted:
+                from .storage import write_metadata
+                write_metadata(layout, f, _rid)  # after ARTIQ's root data
             complete = _guarded(
                 lambda: all(key in f for key in ARTIQ_RESULTS_KEYS))
             original()
-            if complete:
+            if not wanted:
+                _guarded(self.finish_without_results, path)
+            elif complete:
                 _guarded(self.finish_with_results, path)
 
         f.close = close
@@ -457,6 +488,16 @@ class _WorkerRun:
             live.close("results_written")
         else:
             live.abandon()
+
+    def finish_without_results(self, path: str) -> None:
+        """The storage policy wants no results file: remove ARTIQ's, and
+        close the journal as a complete run (``results_not_wanted``)."""
+        from .storage import remove_results_file
+        remove_results_file(path)
+        live = self._finish()
+        if live is not None:
+            live.results_not_wanted()
+            live.close("results_not_wanted")
 
     def finish_at_exit(self) -> None:
         live = self._finish()

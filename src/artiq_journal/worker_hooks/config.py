@@ -50,6 +50,14 @@ inherits the master's environment), or of ``artiq-journal run``.
                                often (default ``10``; ``0``/``off``: none),
                                so ``artiq-journal status`` tells a run
                                waiting on hardware from a frozen one.
+``ARTIQ_JOURNAL_LIVE_S``      the live file: every this many seconds
+                               (and soon after each checkpoint) the run's
+                               state is published as
+                               ``<rid:09>-<Class>.partial.h5`` beside the
+                               journal, by atomic rename, so h5py/MATLAB
+                               can open it at any time (see
+                               :mod:`.live_file`).  Default unset
+                               (``0``/``off``): no live file.
 ``ARTIQ_JOURNAL_RESUME``       rid or journal path of an earlier run for
                                ``JournalResumable.resume_state`` when the
                                experiment's ``resume_from`` argument is
@@ -92,6 +100,7 @@ ENV_ON_ERROR = "ARTIQ_JOURNAL_ON_ERROR"
 ENV_SNAPSHOT_S = "ARTIQ_JOURNAL_SNAPSHOT_S"
 ENV_RESUME = "ARTIQ_JOURNAL_RESUME"
 ENV_HEARTBEAT_S = "ARTIQ_JOURNAL_HEARTBEAT_S"
+ENV_LIVE_S = "ARTIQ_JOURNAL_LIVE_S"
 
 FSYNC_CHOICES = ("always", "group", "never")
 ON_ERROR_CHOICES = ("stop", "continue")
@@ -120,6 +129,8 @@ class JournalConfig:
     #: Seconds between heartbeat records; None: no heartbeats.
     heartbeat_interval: float | None = DEFAULT_HEARTBEAT_S
     resume: str | None = None
+    #: Seconds between refreshes of the live file; None: no live file.
+    live_interval: float | None = None
     #: Human-readable problems with the environment (defaults were used).
     problems: tuple[str, ...] = field(default=(), compare=False)
 
@@ -190,6 +201,9 @@ def from_env(environ: Mapping[str, str] | None = None) -> JournalConfig:
         heartbeat = None
     else:
         heartbeat = positive(ENV_HEARTBEAT_S, DEFAULT_HEARTBEAT_S)
+    live: float | None = None
+    if (env.get(ENV_LIVE_S) or "").strip().lower() not in ("", "0", "off"):
+        live = positive(ENV_LIVE_S, 0.0) or None
     return JournalConfig(
         enabled=bool(on),
         fsync=choice(ENV_FSYNC, FSYNC_CHOICES, DEFAULT_FSYNC),
@@ -199,5 +213,6 @@ def from_env(environ: Mapping[str, str] | None = None) -> JournalConfig:
         snapshot_interval=positive(ENV_SNAPSHOT_S, DEFAULT_SNAPSHOT_S),
         heartbeat_interval=heartbeat,
         resume=resume,
+        live_interval=live,
         problems=tuple(problems),
     )

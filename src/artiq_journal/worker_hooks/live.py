@@ -150,6 +150,10 @@ class LiveJournal:
         self._closed = False
         self._detached = False
         self._results_ok = False
+        #: The experiment's storage policy asked for no results file.
+        self._results_not_wanted = False
+        #: The live-file refresher (``live_file.LiveFile``), or None.
+        self.live_file: Any = None
         self._reached_analyze = False
         self._saved: dict[str, Any] = {}
         self._hooks: dict[str, Callable] = {}
@@ -282,6 +286,7 @@ class LiveJournal:
         self.stopped_reason = reason
         self._closed = True
         self.detach()
+        self._end_live_file(False)
         try:
             if self.writer.failed:
                 self.writer.abandon()
@@ -388,7 +393,30 @@ class LiveJournal:
         self._checkpoint, self._checkpoint_seq = user_state, seq
         if self._snapshot_due():
             self._write_snapshot(seq)
+        if self.live_file is not None:
+            self.live_file.poke()   # never blocks
         return seq
+
+    def update_run_info(self, **fields: Any) -> int | None:
+        """Append a new ``run_info`` record: the run-info map with
+        ``fields`` added (the last run_info record wins; used for a storage
+        policy set in ``build()``).  Returns the seq."""
+        info = dict(self.run_info, **fields)
+        seq = self._record(REC_RUN_INFO, info)
+        if seq is not None:
+            self.run_info = info
+        return seq
+
+    def results_not_wanted(self) -> None:
+        """The run's storage policy wants no results file: closing then
+        counts as a complete run (reason ``results_not_wanted``; the
+        journal is deleted like after a verified results file)."""
+        self._results_not_wanted = True
+
+    def _end_live_file(self, complete: bool) -> None:
+        live_file, self.live_file = self.live_file, None
+        if live_file is not None:
+            live_file.finish(remove=complete)   # never raises
 
     def record_resumed_from(self, rid: int, seq: int, journal: str) -> None:
         """Record (REC_RESUMED_FROM) that this run resumed another."""
@@ -455,21 +483,28 @@ class LiveJournal:
             return
         self._closed = True
         self.detach()
+        complete = self._results_ok or self._results_not_wanted
         if reason is None or (reason == "results_written"
                               and not self._results_ok):
-            reason = "results_written" if self._results_ok else "no_results"
+            reason = "results_written" if self._results_ok else \
+                "results_not_wanted" if self._results_not_wanted \
+                else "no_results"
         try:
             self.writer.close(reason)
         except JournalError as exc:
             logger.error("artiq-journal: closing journal %s failed: %s",
                          self.path, exc)
             self.writer.abandon()
+            self._end_live_file(False)
             return
+        # Ended before the journal may be deleted: the refresher reads it.
+        self._end_live_file(complete and reason in ("results_written",
+                                                    "results_not_wanted"))
         if self.writer.failed or self._failure is not None:
             return
         # A run whose run() raised also gets a results file, but it is
         # unfinished: keep its journal so the scan can be resumed.
-        if self._results_ok and self._reached_analyze and not self.keep:
+        if complete and self._reached_analyze and not self.keep:
             self._delete()
 
     def abandon(self) -> None:
@@ -478,6 +513,7 @@ class LiveJournal:
         self._closed = True
         self.detach()
         self.writer.abandon()
+        self._end_live_file(False)
 
     def _delete(self) -> None:
         doomed = self.path + DELETING_SUFFIX

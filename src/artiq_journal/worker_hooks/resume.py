@@ -224,6 +224,13 @@ class JournalResumable:
             return
         live.checkpoint(state)
 
+    def write_results(self, path: str | None = None) -> str:
+        """Write the run's results file as of now (storage policy applied)
+        and return its path; the run goes on.  See
+        :func:`artiq_journal.worker_hooks.storage.write_results`."""
+        from .storage import write_results
+        return write_results(self, path)
+
     def resume_state(self, default: Any = None) -> Any:
         """``default`` on a fresh run; on a resumed run, restore the
         datasets of the earlier run's last checkpoint and return its state
