@@ -101,14 +101,18 @@ def _problems(result: ReplayResult) -> list[Problem]:
 
 
 def export_journal(journal_dir: str, output: str | None = None, *,
-                   directory: str = ".") -> ExportResult:
+                   directory: str = ".",
+                   result: ReplayResult | None = None) -> ExportResult:
     """Write the state of ``journal_dir`` to ``output`` (default:
     :func:`default_output_name` in ``directory``), atomically.  Overwrites
     an existing export (it is replaced whole by a rename).  Raises OSError
-    if the file cannot be written (nothing is left behind then)."""
+    if the file cannot be written (nothing is left behind then).
+    ``result``: the journal's state already replayed (the live file keeps
+    one up to date instead of replaying from the start each time)."""
     journal_dir = os.path.abspath(journal_dir)
     live = probe_lock(journal_dir).held
-    result = _replay_consistent(journal_dir, live)
+    if result is None:
+        result = _replay_consistent(journal_dir, live)
     state = result.state
     named = parse_journal_name(journal_dir)
     rid, class_name = named if named else (None, None)

@@ -153,14 +153,60 @@ def start(journal_dir: str, results_dir: str, rid: int, class_name: str,
 # -- the side process -------------------------------------------------------------
 
 
-def _refresh(journal_dir: str, output: str, seen: Any) -> Any:
+class _Follower:
+    """The journal's state, kept up to date by reading only the records
+    appended since the last refresh (a refresh of a scan of 10^6 points
+    must not replay 10^6 records every few seconds).  Any doubt -- damage,
+    an untrusted or unappliable record, a snapshot that moved the start --
+    falls back on a full replay, which is what export does anyway."""
+
+    def __init__(self, journal_dir: str) -> None:
+        self.journal_dir = journal_dir
+        self.result: Any = None
+        self.end: Any = None
+
+    def update(self) -> Any:
+        from ..replay import replay
+        if self.result is None or not self._follow():
+            self.result = replay(self.journal_dir)
+            self.end = None
+        return self.result
+
+    def _follow(self) -> bool:
+        from ..journal.reader import JournalReader
+        from ..runstate import BadRecord
+        state = self.result.state
+        reader = JournalReader(self.journal_dir, after_seq=state.last_seq,
+                               start=self.end)
+        applied = 0
+        try:
+            for batch in reader.iter_batches():
+                for seq, rtype, payload, _seg, _off, trusted in batch:
+                    if not trusted:
+                        return False
+                    state.apply(seq, rtype, payload)
+                    applied += 1
+        except BadRecord:
+            return False
+        if any(d.severity == "error" for d in reader.diagnostics):
+            return False
+        self.result.records_applied += applied
+        self.result.clean_close = state.closed
+        if reader.end is not None:
+            self.end = reader.end
+        return True
+
+
+def _refresh(journal_dir: str, output: str, seen: Any,
+             follower: "_Follower | None" = None) -> Any:
     from ..recovery.discover import fingerprint
     from ..recovery.export import export_journal
     now = fingerprint(journal_dir)
     if not now or now == seen:
         return seen     # nothing new (or the journal is gone)
     try:
-        export_journal(journal_dir, output)
+        result = follower.update() if follower is not None else None
+        export_journal(journal_dir, output, result=result)
     except OSError as exc:
         print(f"artiq-journal live file {output}: {exc}", file=sys.stderr)
         return seen
@@ -189,6 +235,7 @@ def main(argv: "list[str] | None" = None) -> int:
         raise SystemExit(0)  # unwinds export's clean-up of its temp file
     signal.signal(signal.SIGTERM, terminate)
     seen = None
+    follower = _Follower(journal_dir)
     wanted = False
     last = 0.0
     due = time.monotonic() + interval
@@ -203,11 +250,12 @@ def main(argv: "list[str] | None" = None) -> int:
                 _remove(output)
                 return 0
             if not data:
-                _refresh(journal_dir, output, seen)   # the last state
+                # The last state, replayed whole: it is the one left behind.
+                _refresh(journal_dir, output, seen)
                 return 0
             wanted = True
             continue
-        seen = _refresh(journal_dir, output, seen)
+        seen = _refresh(journal_dir, output, seen, follower)
         last = time.monotonic()
         wanted = False
         due = last + interval
