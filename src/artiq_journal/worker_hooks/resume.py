@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -65,6 +66,8 @@ from .live import LiveJournal, live_journal
 
 __all__ = ["JournalResumable", "RESUMED_FROM_DATASET", "locate_journal",
            "load_checkpoint", "restore_datasets"]
+
+logger = logging.getLogger("artiq_journal")
 
 #: Archived dataset holding ``{"rid", "seq", "journal"}`` as JSON text.
 RESUMED_FROM_DATASET = "journal.resumed_from"
@@ -117,6 +120,29 @@ def load_checkpoint(path: str) -> tuple[dict, Any, int]:
     if state.run_info is None:
         raise ResumeError("journal has no run_info record", path=path)
     return state.run_info, state, seq
+
+
+def code_changed(earlier: dict, now: dict) -> str | None:
+    """Why the experiment file ``now`` runs is not the one the ``earlier``
+    run executed (both run_info maps, see ``experiment_sha256``), or None
+    when it is the same or cannot be told."""
+    old_hash = earlier.get("experiment_sha256")
+    new_hash = now.get("experiment_sha256")
+    if not isinstance(old_hash, str) or not isinstance(new_hash, str) \
+            or old_hash == new_hash:
+        return None
+    return (f"the experiment file changed since the checkpoint was made "
+            f"({earlier.get('experiment_file')} sha256 {old_hash[:12]}, now "
+            f"{now.get('experiment_file')} sha256 {new_hash[:12]})")
+
+
+def _warn_if_code_changed(earlier: dict, now: dict, path: str) -> None:
+    why = code_changed(earlier, now)
+    if why is not None:
+        # Inside ARTIQ the run was submitted on purpose: say it loudly,
+        # never break it (artiq-journal resume refuses instead, unless
+        # told --allow-changed).
+        logger.warning("artiq-journal: resuming %s: %s", path, why)
 
 
 def restore_datasets(dataset_mgr: Any, datasets: Any,
@@ -254,6 +280,8 @@ class JournalResumable:
         path = locate_journal(source, results_root,
                               exclude=live.path if live else None)
         run_info, state, seq = load_checkpoint(path)
+        if live is not None:
+            _warn_if_code_changed(run_info, live.run_info, path)
         restore_datasets(mgr, state.datasets, live)
         info = {"rid": run_info["rid"], "seq": seq, "journal": path}
         if live is not None and live.active:
