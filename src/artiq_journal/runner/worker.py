@@ -132,7 +132,10 @@ def execute(job: dict) -> None:
 
     def write_results() -> None:
         filename = results_filename(rid, experiment_class)
-        with h5py.File(filename, "w") as f:
+        # "x": created exclusively -- an existing results file (a RID
+        # handed out twice) is never overwritten; the run fails instead and
+        # its journal is kept.
+        with h5py.File(filename, "x") as f:
             dataset_mgr.write_hdf5(f)
             f["artiq_version"] = RUNNER_VERSION
             f["rid"] = rid
