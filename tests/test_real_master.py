@@ -134,7 +134,8 @@ def _acknowledged(progress: str) -> int:
 def _wait_progress(progress: str, at_least: int, master: RealMaster) -> None:
     deadline = time.monotonic() + TIMEOUT
     while _acknowledged(progress) < at_least:
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or \
+                "Terminating with exception" in master.log():
             raise AssertionError(f"no progress in {progress}:\n"
                                  f"{master.log()}")
         time.sleep(0.02)
@@ -286,3 +287,83 @@ def test_master_restart_then_resume_through_master_and_recover(master_env):
     (crashed,) = _files(workdir, f"{rid:09d}-Scan.h5")
     assert len(_ys(crashed)) in (acknowledged, acknowledged + 1)
     assert _ys(h5) == ys
+
+
+_DB_SEED = """
+import sys
+from artiq.master.databases import DatasetDB
+db = DatasetDB(sys.argv[1])
+try:
+    db.set("keep", 7, persist=True)
+    db.set("calib.persisted", 0.5, persist=True)
+except TypeError:
+    raise
+db.save()
+getattr(db, "close_db", lambda: None)()
+"""
+
+_DB_DUMP = """
+import json, sys
+from artiq.master.databases import DatasetDB
+db = DatasetDB(sys.argv[1])
+print(json.dumps({k: list(v) for k, v in db.data.raw_view.items()}))
+getattr(db, "close_db", lambda: None)()
+"""
+
+
+def _vendored_db(release: str, script: str, path: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", script, path],
+                          env=artiq_trees.child_env(release, None),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_persisted_dataset_lost_with_the_master_is_written_back(master_env):
+    """A run's persist=True dataset reaches the master, which is SIGKILLed
+    before its autosave: ``artiq-journal persist-datasets`` lists it from
+    the journal and writes it into the DB in that release's own format
+    (loaded back with the vendored ``DatasetDB``); it refuses while a
+    master uses the DB."""
+    release, workdir, make_master = master_env
+    db_path = str(workdir / ("dataset_db.pyon" if release == "7"
+                             else "dataset_db.mdb"))
+    _vendored_db(release, _DB_SEED, db_path)
+    master = make_master()
+    progress = str(workdir / "progress-p")
+    _submit(master, _expid(progress, n=400))
+    _wait_progress(progress, 3, master)
+    master.stop()  # master and worker SIGKILLed: no autosave happened
+    before = json.loads(_vendored_db(release, _DB_DUMP, db_path))
+    assert before["calib.persisted"][1] == 0.5
+
+    command = [JOURNAL_CLI, "persist-datasets", str(workdir / "results"),
+               "--dataset-db", db_path, "--json"]
+    proc = subprocess.run(command + ["--dry-run"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [(d["key"], d["status"]) for d in report["datasets"]] == \
+        [("calib.persisted", "different")]
+    assert report["written"] == []
+    assert json.loads(_vendored_db(release, _DB_DUMP, db_path)) == before
+
+    master = make_master()  # a live master on the DB: refused
+    proc = subprocess.run(command, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and "in use" in proc.stderr, proc.stderr
+    master.stop()
+
+    proc = subprocess.run(command, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["written"] == ["calib.persisted"]
+    after = json.loads(_vendored_db(release, _DB_DUMP, db_path))
+    if release == "7":  # a PYON dict: no metadata
+        assert after == {"keep": [True, 7], "calib.persisted": [True, 1.25]}
+    else:
+        assert after == {"keep": [True, 7, {}],
+                         "calib.persisted": [True, 1.25, {"unit": "V"}]}
+    proc = subprocess.run(command, capture_output=True, text=True,
+                          timeout=60)  # idempotent
+    assert proc.returncode == 0 and json.loads(proc.stdout)["written"] == []

@@ -14,7 +14,7 @@ from .. import __version__
 from ..errors import JournalError
 
 #: (module, verbs) in the order they appear in --help.
-VERB_MODULES = ("verify", "run", "demo")
+VERB_MODULES = ("verify", "run", "persist", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
