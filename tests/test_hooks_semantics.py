@@ -490,18 +490,28 @@ def test_on_error_continue_logs_once_and_runs_unjournaled(backend, tmp_path,
     live.close()
 
 
-def test_unjournalable_value_follows_the_policy(tmp_path):
+@pytest.mark.parametrize("policy", ["stop", "continue"])
+def test_unjournalable_value_never_fails_the_run_under_any_policy(
+        tmp_path, caplog, policy):
+    """A value the codec cannot encode is our limitation, not a failing
+    disk: one warning, the journal closes with reason journal_disabled (a
+    journal with a hole would lose data silently), the run goes on."""
+    from artiq_journal.replay import replay
     mgr = RunnerManager(MockDatasetDB())
-    live = journal(mgr, tmp_path, on_error="stop")
-    with pytest.raises(JournalFailed, match="cannot journal 'obj'"):
+    live = journal(mgr, tmp_path, on_error=policy)
+    mgr.set("fine", 1, {}, False, False, True)
+    with caplog.at_level(logging.WARNING, logger="artiq_journal"):
         mgr.set("obj", object(), {}, False, False, True)
+        mgr.set("later", 2, {}, False, False, True)
+    assert isinstance(mgr.local["obj"], object) and mgr.local["later"] == 2
+    assert not live.active and live_journal(mgr) is None
+    warnings = [r for r in caplog.records if "RID 1" in r.getMessage()]
+    assert len(warnings) == 1 and "'obj'" in warnings[0].getMessage()
+    assert "journal_disabled" in warnings[0].getMessage()
     live.close()
-    mgr2 = RunnerManager(MockDatasetDB())
-    live2 = journal(mgr2, tmp_path, rid=2, on_error="continue")
-    mgr2.set("obj", object(), {}, False, False, True)
-    mgr2.set("fine", 1, {}, False, False, True)
-    assert not live2.active
-    live2.close()
+    result = replay(live.path)
+    assert result.state.close_reason == "journal_disabled"
+    assert sorted(result.state.datasets.local) == ["fine"]
 
 
 def test_on_error_comes_from_the_environment(tmp_path, monkeypatch):
@@ -532,14 +542,20 @@ def test_detach_restores_methods_and_later_calls_are_not_journaled(tmp_path):
     live.close()
 
 
-def test_attach_twice_and_existing_journal_are_refused(tmp_path):
+def test_attach_twice_is_refused_and_a_leftover_journal_is_moved_aside(
+        tmp_path):
     mgr = RunnerManager(MockDatasetDB())
     live = journal(mgr, tmp_path)
     with pytest.raises(ValueError):
         journal(mgr, tmp_path, rid=2)
+    mgr.set("old", 1, {}, False, False, True)
     live.close()
-    with pytest.raises(FileExistsError):
-        journal(RunnerManager(MockDatasetDB()), tmp_path)
+    live2 = journal(RunnerManager(MockDatasetDB()), tmp_path)
+    live2.close()
+    assert live2.path == live.path, "the new run gets the canonical name"
+    aside = str(tmp_path / "000000001-Exp.1.journal")
+    assert sorted(replay(aside).state.datasets.local) == ["old"]
+    assert replay(live2.path).state.datasets.local == {}
 
 
 def test_run_info_record_follows_the_contract(tmp_path):
@@ -561,11 +577,12 @@ def test_run_info_record_follows_the_contract(tmp_path):
     assert stage.payload == ["build", 123.5]
 
 
-def _write_results_file(path, complete=True):
+def _write_results_file(path, complete=True, rid=1):
     with h5py.File(path, "w") as f:
         f.create_group("datasets")
         if complete:
             f.create_group("archive")
+            f["rid"] = rid
 
 
 @pytest.mark.parametrize("keep", [False, True])
@@ -601,6 +618,22 @@ def test_journal_is_kept_when_run_raised_so_it_can_be_resumed(tmp_path):
     live.close()
     assert os.path.isdir(live.path)
     assert replay(live.path).clean_close
+
+
+def test_results_file_of_another_rid_is_not_results_written(tmp_path,
+                                                             caplog):
+    mgr = RunnerManager(MockDatasetDB())
+    live = journal(mgr, tmp_path, keep=False, fsync="group")
+    live.stage("run")
+    live.stage("analyze")
+    h5 = tmp_path / "000000001-Exp.h5"
+    _write_results_file(h5, rid=2)
+    with caplog.at_level(logging.WARNING, logger="artiq_journal"):
+        assert not live.results_written(h5)
+    live.close("results_written")
+    assert any("names RID 2, not 1" in r.getMessage()
+               for r in caplog.records)
+    assert replay(live.path).state.close_reason == "no_results"
 
 
 def test_journal_is_kept_without_a_verified_results_file(tmp_path, caplog):

@@ -33,17 +33,36 @@ wrapped (instance attributes) to record stage changes, and the manager's
 ``write_hdf5`` to find ARTIQ's results file; the ``close`` of that h5py file
 is wrapped so that, once ARTIQ's ``write_results`` has written every root
 object and closed the file, the journal records ``results_written``, closes
-cleanly and is deleted or kept (``ARTIQ_JOURNAL_KEEP``).  At interpreter exit
-a journal still open is closed with reason ``no_results`` when ARTIQ never
-tried to write its file (build or prepare failed: ARTIQ writes nothing
-then), or left orphaned for ``artiq-recover`` when the results file is
-incomplete.  A killed worker leaves it orphaned, which is the point.
+cleanly and is deleted or kept (``ARTIQ_JOURNAL_KEEP``).
 
-Robustness.  Any exception inside this machinery is logged (logger
-``artiq_journal``, forwarded to the master's log) and switches journaling
-off for the run; it never breaks the run -- except ``JournalFailed`` under
-``ARTIQ_JOURNAL_ON_ERROR=stop``, the documented way a journal that cannot be
-written ends the run.
+Close reasons (the ``close`` record), each written when it happens:
+
+* ``results_written``: only after ARTIQ's results file was verified
+  (written, closed, fsynced, and its ``rid`` read back equals the run's);
+* ``build_failed`` / ``prepare_failed``: ``build()`` (the experiment's
+  constructor) or ``prepare()`` raised; a ``stage`` record of the same name
+  is written first, before the exception propagates (ARTIQ's ``Worker
+  .close`` SIGTERMs the worker 2 s later, and at-exit code does not run
+  then).  ARTIQ writes no results file in these cases;
+* ``no_results``: the worker exits (at-exit handler) and ARTIQ never tried
+  to write its file -- e.g. the master was SIGKILLed mid-run, the orphaned
+  worker finished ``run()`` and nobody asked for ``analyze``;
+* ``hook_error`` / ``journal_disabled`` / ``journal_failed``: journaling
+  stopped early (see Robustness).
+
+An incomplete results file leaves the journal orphaned (no close record),
+for ``artiq-recover``; so does a killed worker, which is the point.
+
+Robustness: the never-break rule.  Every hook forwards the experiment's
+call to ARTIQ unchanged first.  Anything raised by our own code -- an ARTIQ
+shape we do not understand, a bug, a value the journal cannot encode --
+logs ONE warning naming the rid, closes the journal (``hook_error``, or
+``journal_disabled`` for a value) and the run goes on exactly as without
+us, under every setting.  Only a failing disk (``JournalFailed`` from the
+writer) follows ``ARTIQ_JOURNAL_ON_ERROR`` (default ``stop``: the run ends
+with ``JournalFailed``).  The decision is made in
+:meth:`.live.LiveJournal.fault` for dataset calls and in ``_guarded`` here
+for everything else.
 
 Limitations.  Experiments not derived from ``HasEnvironment`` are not
 journaled automatically (use :func:`attach`); ``artiq_run`` is not
@@ -79,6 +98,8 @@ _installed = False
 _run: "_WorkerRun | None" = None
 #: Set when journaling was tried (started, refused or failed) in this process.
 _tried = False
+#: The rid of this worker's run, for log messages (None until known).
+_rid: "int | None" = None
 
 
 class _PolicyStop(Exception):
@@ -175,9 +196,18 @@ def _patch_environment(module: Any) -> None:
         run = None
         if not _tried and isinstance(managers_or_parent, tuple):
             run = _guarded(_start, self, managers_or_parent)
-        original(self, managers_or_parent, *args, **kwargs)
-        if run is not None:
-            _guarded(run.wrap_stages, self)
+        if run is None:
+            original(self, managers_or_parent, *args, **kwargs)
+            return
+        try:
+            original(self, managers_or_parent, *args, **kwargs)
+        except BaseException:
+            # build() raised: ARTIQ writes no results file.  Recorded now,
+            # not at exit: Worker.close SIGTERMs the worker 2 s after asking
+            # it to exit, and at-exit handlers do not run then.
+            _guarded(run.end_failed, "build_failed")
+            raise
+        _guarded(run.wrap_stages, self)
 
     __init__.__wrapped__ = original
     __init__.__doc__ = original.__doc__
@@ -187,15 +217,21 @@ def _patch_environment(module: Any) -> None:
 
 
 def _guarded(fn: Callable, *args: Any) -> Any:
-    """Call ``fn``; an exception switches journaling off and is logged,
-    except a JournalFailed the ``stop`` policy raises on purpose."""
+    """Call ``fn``: the never-break guard around every piece of hook code
+    that is not a dataset wrapper (those report to ``LiveJournal.fault``).
+    An exception logs ONE warning naming the run and switches journaling
+    off for it (journal closed with reason ``hook_error``); the run goes on.
+    Only a JournalFailed that the ``stop`` policy raises on purpose for a
+    failing disk (wrapped in _PolicyStop) gets through."""
     try:
         return fn(*args)
     except _PolicyStop as stop:
         raise stop.args[0] from None
-    except Exception:  # noqa: BLE001 - the run must go on
-        logger.exception("artiq-journal: internal error in the worker hook; "
-                         "journaling is switched off for this run")
+    except Exception as exc:  # noqa: BLE001 - the run must go on
+        logger.warning("artiq-journal: RID %s: internal error in the worker "
+                       "hook (%s: %s); journaling is switched off for this "
+                       "run (hook_error), which goes on unjournaled",
+                       _rid, type(exc).__name__, exc, exc_info=True)
         _disable("hook_error")
         return None
 
@@ -237,7 +273,7 @@ def _worker_main_locals(*names: str) -> dict:
 
 
 def _start(instance: Any, managers: tuple) -> "_WorkerRun | None":
-    global _run, _tried
+    global _run, _tried, _rid
     if not _in_worker() or len(managers) < 2:
         return None
     worker_db = sys.modules.get(_WORKER_DB_MODULE)
@@ -246,7 +282,7 @@ def _start(instance: Any, managers: tuple) -> "_WorkerRun | None":
             not isinstance(dataset_mgr, worker_db.DatasetManager):
         return None  # the "examine" action, or not ARTIQ's worker manager
     _tried = True
-    from ..errors import JournalFailed
+    from ..errors import JournalError, JournalFailed
     from .attach import attach
 
     cfg = config.from_env()
@@ -255,6 +291,7 @@ def _start(instance: Any, managers: tuple) -> "_WorkerRun | None":
     scheduler = getattr(device_mgr, "virtual_devices", {}).get("scheduler")
     frame = _worker_main_locals("start_time", "exp", "expid", "rid")
     rid = getattr(scheduler, "rid", frame.get("rid"))
+    _rid = rid
     expid = getattr(scheduler, "expid", frame.get("expid"))
     exp = frame.get("exp")
     class_name = getattr(exp, "__name__", None) or type(instance).__name__
@@ -280,6 +317,12 @@ def _start(instance: Any, managers: tuple) -> "_WorkerRun | None":
             raise _PolicyStop(failure) from exc
         logger.error("artiq-journal: %s; THE RUN CONTINUES UNJOURNALED "
                      "(ARTIQ_JOURNAL_ON_ERROR=continue)", message)
+        return None
+    except JournalError as exc:
+        # An ARTIQ whose DatasetManager we do not understand, or a platform
+        # that cannot journal safely: our limitation, never the run's.
+        logger.warning("artiq-journal: RID %s: not journaling this run: %s",
+                       rid, exc)
         return None
     run = _WorkerRun(live, dataset_mgr)
     _run = run
@@ -309,11 +352,36 @@ class _WorkerRun:
                 setattr(instance, name, self._stage_method(name, method))
 
     def _stage_method(self, name: str, method: Callable) -> Callable:
-        def stage_method(*args: Any, **kwargs: Any) -> Any:
-            _guarded(self.enter_stage, name)
-            return method(*args, **kwargs)
+        if name == "prepare":
+            def stage_method(*args: Any, **kwargs: Any) -> Any:
+                _guarded(self.enter_stage, name)
+                try:
+                    return method(*args, **kwargs)
+                except BaseException:
+                    # ARTIQ writes no results file when prepare() raises.
+                    _guarded(self.end_failed, "prepare_failed")
+                    raise
+        else:
+            def stage_method(*args: Any, **kwargs: Any) -> Any:
+                _guarded(self.enter_stage, name)
+                return method(*args, **kwargs)
         stage_method.__name__ = name
         return stage_method
+
+    def end_failed(self, name: str) -> None:
+        """build() or prepare() raised (``name`` is ``build_failed`` or
+        ``prepare_failed``): record that stage and close the journal with
+        that reason, before the exception propagates."""
+        if self.finished:
+            return
+        from ..errors import JournalFailed
+        try:
+            self.live.stage(name)
+        except JournalFailed:
+            pass  # the experiment's own exception is already on its way
+        live = self._finish()
+        if live is not None:
+            live.close(name)
 
     def enter_stage(self, name: str) -> None:
         if self.finished:
@@ -354,7 +422,7 @@ class _WorkerRun:
         """Wrap the h5py File's ``close`` (``File.__exit__`` calls
         ``self.close()``): when ARTIQ's ``with`` block ends, check that every
         root object of ``write_results`` is there, then finish."""
-        from .attach import ARTIQ_RESULTS_KEYS
+        from .results_file import ARTIQ_RESULTS_KEYS
         path = os.path.abspath(f.filename)
         original = f.close
 
@@ -377,6 +445,8 @@ class _WorkerRun:
         if self.live.failed:
             self.live.close("journal_failed")
             return None
+        if self.live.closed:
+            return None  # journaling was switched off (already closed)
         return self.live
 
     def finish_with_results(self, path: str) -> None:

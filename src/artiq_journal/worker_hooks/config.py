@@ -32,13 +32,16 @@ inherits the master's environment), or of ``artiq-journal run``.
                                ``artiq-recover`` and resume), one whose
                                ``run()`` raised (so it can be resumed), and
                                one whose run ended without a results file.
-``ARTIQ_JOURNAL_ON_ERROR``     what happens when the journal cannot be
-                               written (disk full, EIO, a value that
-                               cannot be journaled).  ``stop`` (default): log
-                               an error and raise ``JournalFailed`` from the
-                               dataset call, and from every later one, so
-                               the run ends; ``continue``: log one loud
-                               error and keep running unjournaled.
+``ARTIQ_JOURNAL_ON_ERROR``     what happens when the DISK fails under the
+                               journal (``JournalFailed`` from the writer:
+                               an ``OSError`` from write/fsync, disk full,
+                               EIO).  ``stop`` (default): log an error and
+                               raise ``JournalFailed`` from the dataset
+                               call, and from every later one, so the run
+                               ends; ``continue``: log one loud error and
+                               keep running unjournaled.  It does NOT apply
+                               to the journal's own faults, which never
+                               fail a run under any setting (see below).
 ``ARTIQ_JOURNAL_SNAPSHOT_S``   a checkpoint also writes a snapshot when this
                                many seconds passed since the last one
                                (default ``120``); see
@@ -49,6 +52,21 @@ inherits the master's environment), or of ``artiq-journal run``.
                                empty.  Meant for one run (``artiq-journal
                                resume``); never set it for a whole master.
 =============================  ==========================================
+
+Never-break rule vs disk fail-stop.  Two kinds of failure, two answers:
+
+* the disk fails (the only thing ``ARTIQ_JOURNAL_ON_ERROR`` governs):
+  ``stop`` ends the run, because a journal that silently stopped being
+  durable is worse than a run that stops where the operator sees it;
+* our own faults -- an ARTIQ whose ``DatasetManager`` shape is unknown, a
+  call or argument type the journal does not understand, a bug in the
+  hooks, a value the codec cannot encode, a platform lacking a durability
+  primitive (see :mod:`.platform_support`) -- log ONE warning on logger
+  ``artiq_journal`` naming the rid and the reason, switch journaling off
+  for that run (closing the journal with reason ``hook_error``, or
+  ``journal_disabled`` for an unencodable value) and the experiment goes on
+  exactly as without artiq-journal, whatever ``ARTIQ_JOURNAL_ON_ERROR``
+  says.
 
 Invalid values never switch journaling off silently: the default is used
 and the problem is reported (``JournalConfig.problems``) for the caller to

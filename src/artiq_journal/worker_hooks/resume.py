@@ -29,10 +29,10 @@ What a resume does (:meth:`JournalResumable.resume_state`):
 
 1. replays the earlier journal up to its last checkpoint record (from the
    snapshot covering it, if there is one);
-2. restores every dataset of that moment into this run's manager with
-   ``set(key, value, metadata, broadcast, persist, archive)`` -- values,
-   flags, metadata -- and the ``archive`` group entries; through the
-   journaled manager, so this run's own journal is complete and recovery of
+2. restores every dataset of that moment into this run's manager with its
+   ``set`` -- values, flags, metadata (release-7: ``set(key, value,
+   broadcast, persist, archive)``, no metadata; see :mod:`.adapters`) --
+   and the ``archive`` group entries; through the journaled manager, so this run's own journal is complete and recovery of
    this run needs nothing else.  Datasets this run set before calling
    ``resume_state`` that the checkpoint does not know are left as they are;
 3. records ``resumed_from`` {rid, seq, journal} in this run's journal and
@@ -61,7 +61,8 @@ from ..journal.constants import JOURNAL_SUFFIX
 from ..journal.lock import is_locked
 from ..replay import last_checkpoint_seq, replay
 from . import config
-from .attach import LiveJournal, live_journal
+from .adapters import select_adapter
+from .live import LiveJournal, live_journal
 
 __all__ = ["JournalResumable", "RESUMED_FROM_DATASET", "locate_journal",
            "load_checkpoint", "restore_datasets"]
@@ -130,12 +131,15 @@ def load_checkpoint(path: str) -> tuple[dict, Any, int]:
 def restore_datasets(dataset_mgr: Any, datasets: Any,
                      live: LiveJournal | None) -> None:
     """Set every dataset of the DatasetState ``datasets`` into
-    ``dataset_mgr`` through its (journaled) ``set``, then the archive
-    group."""
+    ``dataset_mgr`` through its (journaled) ``set``, in the call form of
+    the manager's ARTIQ generation (:mod:`.adapters`: release-7 has no
+    metadata), then the archive group."""
+    adapter = live.adapter if live is not None else \
+        select_adapter(dataset_mgr)
     snapshot = datasets.to_snapshot()
     for key, value, metadata, broadcast, persist, archive in \
             snapshot["datasets"]:
-        dataset_mgr.set(key, value, metadata, broadcast, persist, archive)
+        adapter.restore(key, value, metadata, broadcast, persist, archive)
     for key, value in snapshot["archive"]:
         if live is not None and live.active:
             live.record_archive(key, value)
@@ -256,8 +260,9 @@ class JournalResumable:
         info = {"rid": run_info["rid"], "seq": seq, "journal": path}
         if live is not None and live.active:
             live.record_resumed_from(info["rid"], seq, path)
-        mgr.set(RESUMED_FROM_DATASET, json.dumps(info), {}, False, False,
-                True)
+        adapter = live.adapter if live is not None else select_adapter(mgr)
+        adapter.restore(RESUMED_FROM_DATASET, json.dumps(info), {}, False,
+                        False, True)
         user_state = dict(state.checkpoint)
         own["_journal_resumed"] = user_state
         self.checkpoint(**user_state)
