@@ -13,7 +13,8 @@ fails the test instead of stalling CI: ``test_scheduler``'s
 test_flush/test_pause/test_steps once hung under the hook when a journal
 name collision failed ``build()``), and the whole run has one too.
 
-``pytest -s`` prints each release's counts and timings.  Skipped cleanly
+The two runs of a release go concurrently (they mostly wait).  ``pytest
+-s`` prints each release's counts and timings.  Skipped cleanly
 when a release's tarball or its dependencies are absent.
 """
 
@@ -73,45 +74,58 @@ def _outcomes(junit: str) -> dict[str, str]:
     return result
 
 
-def _run_suites(release: str, tree: str, workdir: str, journal: bool
-                ) -> tuple[dict[str, str], float, str]:
-    """(outcomes, seconds, output tail) of one run of ARTIQ's suites."""
-    os.makedirs(workdir)
-    site = artiq_trees.hook_site(os.path.join(workdir, "site"))
-    with open(os.path.join(site, "journal_suite_timeout.py"), "w") as f:
-        f.write(_PLUGIN)
-    extra = {"ARTIQ_SUITE_TEST_TIMEOUT": str(TEST_TIMEOUT)}
-    if journal:
-        extra["ARTIQ_JOURNAL"] = "1"
-    env = artiq_trees.child_env(release, site, **extra)
-    junit = os.path.join(workdir, "junit.xml")
-    files = [os.path.join(tree, "artiq", "test", name) for name in SUITES]
-    start = time.monotonic()
-    # Own session and cwd: ARTIQ's tests write results/ into the cwd, and
-    # a hung run is killed with all its workers (by the group of its pid).
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "-p", "journal_suite_timeout", "--rootdir", workdir,
-         f"--junitxml={junit}", *files],
-        cwd=workdir, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"ARTIQ {release} suites (journal={journal}) still "
-                    f"running after {RUN_TIMEOUT} s:\n"
-                    f"{output.decode(errors='replace')[-3000:]}")
-    finally:
+class _SuiteRun:
+    """One run of ARTIQ's suites in its own directory, session and cwd
+    (ARTIQ's tests write results/ into the cwd; a hung run is killed with
+    all its workers through the group of its pid)."""
+
+    def __init__(self, release: str, tree: str, workdir: str,
+                 journal: bool) -> None:
+        self.release, self.journal = release, journal
+        os.makedirs(workdir)
+        site = artiq_trees.hook_site(os.path.join(workdir, "site"))
+        with open(os.path.join(site, "journal_suite_timeout.py"), "w") as f:
+            f.write(_PLUGIN)
+        extra = {"ARTIQ_SUITE_TEST_TIMEOUT": str(TEST_TIMEOUT)}
+        if journal:
+            extra["ARTIQ_JOURNAL"] = "1"
+        env = artiq_trees.child_env(release, site, **extra)
+        self.junit = os.path.join(workdir, "junit.xml")
+        files = [os.path.join(tree, "artiq", "test", name)
+                 for name in SUITES]
+        self.start = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             "-p", "journal_suite_timeout", "--rootdir", workdir,
+             f"--junitxml={self.junit}", *files],
+            cwd=workdir, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
         try:
-            os.killpg(process.pid, signal.SIGKILL)  # leftover workers
+            os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    elapsed = time.monotonic() - start
-    tail = output.decode(errors="replace")[-3000:]
-    assert os.path.exists(junit), tail
-    return _outcomes(junit), elapsed, tail
+
+    def finish(self, deadline: float) -> tuple[dict[str, str], float, str]:
+        """(outcomes, seconds, output tail); fails the test at
+        ``deadline`` (monotonic) with the run killed."""
+        try:
+            output, _ = self.process.communicate(
+                timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            output, _ = self.process.communicate()
+            pytest.fail(f"ARTIQ {self.release} suites (journal="
+                        f"{self.journal}) still running after "
+                        f"{RUN_TIMEOUT} s:\n"
+                        f"{output.decode(errors='replace')[-3000:]}")
+        finally:
+            self.kill()  # leftover workers
+        elapsed = time.monotonic() - self.start
+        tail = output.decode(errors="replace")[-3000:]
+        assert os.path.exists(self.junit), tail
+        return _outcomes(self.junit), elapsed, tail
 
 
 @pytest.mark.parametrize("release", artiq_trees.RELEASES,
@@ -119,10 +133,17 @@ def _run_suites(release: str, tree: str, workdir: str, journal: bool
 def test_artiq_worker_suites_pass_identically_with_the_journal(
         release, tmp_path):
     tree = artiq_trees.require(release)
-    plain, plain_s, plain_tail = _run_suites(
-        release, tree, str(tmp_path / "plain"), journal=False)
-    hooked, hooked_s, hooked_tail = _run_suites(
-        release, tree, str(tmp_path / "journal"), journal=True)
+    # Both runs at once: ARTIQ's suites mostly wait (scheduler timings,
+    # worker start-up), so this halves the wall time on 2 cores.
+    runs = [_SuiteRun(release, tree, str(tmp_path / "plain"), False),
+            _SuiteRun(release, tree, str(tmp_path / "journal"), True)]
+    deadline = time.monotonic() + RUN_TIMEOUT
+    try:
+        (plain, plain_s, plain_tail), (hooked, hooked_s, hooked_tail) = \
+            [run.finish(deadline) for run in runs]
+    finally:
+        for run in runs:
+            run.kill()
     counts = {o: sum(1 for v in plain.values() if v == o)
               for o in ("passed", "failed", "error", "skipped")}
     print(f"\nARTIQ {release}: {len(plain)} tests of {', '.join(SUITES)}; "
