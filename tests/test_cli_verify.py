@@ -48,7 +48,8 @@ def run(argv, capsys) -> tuple[int, str, str]:
     return status, out, err
 
 
-def write_journal(path, *, close=True, segment_bytes=200) -> JournalWriter:
+def write_journal(path, *, close=True, segment_bytes=200,
+                  reason="results_written") -> JournalWriter:
     writer = JournalWriter(path, fsync="never", segment_bytes=segment_bytes)
     writer.append(REC_RUN_INFO, {"rid": 1, "class_name": "Scan"})
     for i, value in enumerate(VALUES):
@@ -57,7 +58,7 @@ def write_journal(path, *, close=True, segment_bytes=200) -> JournalWriter:
     for i in range(4):
         writer.append(REC_APPEND, ["trace", i])
     if close:
-        writer.close("done")
+        writer.close(reason)
     return writer
 
 
@@ -124,6 +125,20 @@ def test_verify_unclosed_intact_journal_is_clean(tmp_path, capsys):
     writer.abandon()
     status, out, _ = run(["verify", path], capsys)  # orphaned
     assert status == 0 and "writer: orphaned" in out
+
+
+@pytest.mark.parametrize("reason", ["no_results", "build_failed", "done"])
+def test_a_close_without_verified_results_is_not_a_clean_close(
+        tmp_path, capsys, reason):
+    # "Clean" promises ARTIQ's results file holds the data: only the
+    # results_written close says so.
+    path = str(tmp_path / f"{reason}.journal")
+    write_journal(path, reason=reason)
+    status, out, _ = run(["verify", path], capsys)
+    assert status == 0 and "clean close: no" in out
+    status, out, _ = run(["inspect", path], capsys)
+    assert f"close reason: {reason}" in out
+    assert "closed WITHOUT a verified results file" in out
 
 
 def test_verify_bit_flip_exits_1_naming_segment_and_offset(clean, copy,
@@ -337,7 +352,7 @@ def test_inspect_describes_segments_snapshots_lock_and_records(clean,
     for name in segments(clean):
         assert name in out
     assert "checkpoint.old" in out and "missing" in out
-    assert "writer: none (closed cleanly)" in out
+    assert "writer: none (closed cleanly: ARTIQ's results file holds" in out
     assert "clean close: yes" in out
     assert f"set            {len(VALUES)}" in out
     assert "append_to      4" in out

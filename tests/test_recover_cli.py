@@ -12,7 +12,8 @@ import os
 import subprocess
 import sys
 
-from test_recovery import (HOLD_LOCK, SRC, journal_dir, sample_journal,
+from test_recovery import (HOLD_LOCK, SRC, artiq_write_results, journal_dir,
+                           sample_journal,
                            tree_state)
 from artiq_journal.cli.recover import main
 
@@ -140,11 +141,13 @@ def test_quiet_still_reports_losses(tmp_path, capsys):
 def test_verbose_lists_routine_runs_too(tmp_path, capsys):
     j = sample_journal(tmp_path, crash=False)
     j.close()
+    artiq_write_results(os.path.join(os.path.dirname(j.path),
+                                     "000000042-Exp.h5"), j.model, 42)
     assert main([str(tmp_path)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "artiq-recover: 1 skipped_clean (1 journal)"]
+        "artiq-recover: 1 already_complete (1 journal)"]
     assert main([str(tmp_path), "-v"]) == 0
-    assert capsys.readouterr().out.startswith("skipped_clean ")
+    assert capsys.readouterr().out.startswith("already_complete ")
 
 
 def test_second_run_reports_already_recovered(tmp_path, capsys):

@@ -32,8 +32,7 @@ from artiq_journal.journal.writer import JournalWriter
 from artiq_journal.recovery import OUTCOMES, recover
 from artiq_journal.recovery.discover import find_journals
 from artiq_journal.recovery.hdf5_out import escape_name
-from artiq_journal.recovery.publish import (MARKER_NAME, move_aside,
-                                            publish_atomically)
+from artiq_journal.recovery.publish import MARKER_NAME, Directory
 from artiq_journal import pyon
 from artiq_journal.runstate import RunState
 from artiq_journal.state import DatasetState
@@ -108,8 +107,8 @@ class Journal:
     def crash(self) -> None:
         self.writer.abandon()
 
-    def close(self) -> None:
-        self.writer.close()
+    def close(self, reason: str = "results_written") -> None:
+        self.writer.close(reason)
 
 
 def model_upto(ops, last_seq: int) -> DatasetState:
@@ -288,13 +287,45 @@ def test_file_is_read_by_hdf5_1_10_h5dump(tmp_path):
     print(f"\n{version.strip()}: read {len(proc.stdout)} characters")
 
 
-def test_clean_close_is_skipped_and_nothing_written(tmp_path):
+@pytest.mark.parametrize("reason", ["no_results", "journal_disabled",
+                                    "hook_error", "closed"])
+def test_a_close_without_artiq_results_file_is_recovered(tmp_path, reason):
+    # Reproduces issue 12 item 1 (a master SIGKILLed mid-run: the worker
+    # closed its journal "no_results" and recovery skipped it as clean).
+    j = sample_journal(tmp_path, crash=False)
+    j.close(reason)
+    report = recover(tmp_path)
+    (run,) = report.runs
+    assert run.outcome == "recovered", run
+    assert report.exit_code == 0
+    with h5py.File(run.output, "r") as f:
+        assert list(f["datasets/counts"][()]) == [i * 10 for i in range(20)]
+
+
+def test_results_written_close_with_artiq_file_is_already_complete(tmp_path):
     j = sample_journal(tmp_path, crash=False)
     j.close()
-    before = tree_state(tmp_path)
+    h5 = os.path.join(os.path.dirname(j.path), "000000042-Exp.h5")
+    artiq_write_results(h5, j.model, 42)
+    with open(h5, "rb") as f:
+        original = f.read()
     report = recover(tmp_path)
-    assert [r.outcome for r in report.runs] == ["skipped_clean"]
-    assert report.exit_code == 0 and tree_state(tmp_path) == before
+    assert [r.outcome for r in report.runs] == ["already_complete"]
+    assert report.exit_code == 0
+    with open(h5, "rb") as f:
+        assert f.read() == original
+
+
+def test_results_written_close_but_no_results_file_is_rebuilt(tmp_path):
+    # "Closed cleanly" is a promise the data is elsewhere; when the file is
+    # gone the journal is the only copy.
+    j = sample_journal(tmp_path, crash=False)
+    j.close()
+    (run,) = recover(tmp_path).runs
+    assert run.outcome == "recovered"
+    assert any("rebuilding it" in p.reason for p in run.problems)
+    with h5py.File(run.output, "r") as f:
+        assert list(f["datasets/counts"][()]) == [i * 10 for i in range(20)]
 
 
 HOLD_LOCK = """
@@ -323,7 +354,7 @@ def test_live_journal_is_skipped_unless_forced(tmp_path):
         forced = recover(tmp_path, force=True)
         (run,) = forced.runs
         assert run.outcome == "recovered" and os.path.exists(run.output)
-        assert any("still alive" in p.reason for p in run.problems)
+        assert any("lock is held" in p.reason for p in run.problems)
     finally:
         holder.stdin.close()
         holder.wait(10)
@@ -627,18 +658,33 @@ def test_dataset_names_never_escape_their_group(tmp_path):
     with h5py.File(run.output, "r") as f:
         assert sorted(f) == ["archive", "artiq_journal", "artiq_version",
                              "datasets", "expid", "rid", "start_time"]
-        assert all(isinstance(f["datasets"][n], h5py.Dataset)
-                   for n in f["datasets"])
         assert len(f["datasets"]) == len(keys)
         escaped = [json.loads(e) for e in f["artiq_journal/escaped_names"]]
         stored = {orig: [group, name] for group, name, orig in escaped}
+        # "a/b" nests as ARTIQ's own group["a/b"] = v nests it.
+        assert "a/b" not in stored and f["datasets/a/b"][()] == 1
         for n, key in enumerate(keys):
-            group, name = stored.get(key, ["datasets", key])
-            assert f[group][name][()] == n, key
+            if key != "a/b":
+                group, name = stored[key] if key in stored else \
+                    ["datasets", key]
+                assert isinstance(f[group][name], h5py.Dataset), key
+                assert f[group][name][()] == n, key
         assert f["datasets/a%2Fb"][()] == 6     # the literal key keeps it
-        assert stored["a/b"] == ["datasets", "a%2Fb%231"]   # no collision
         assert f["archive"][escape_name("../up")][()] == 1.5
     assert {p.severity for p in run.problems} == {"info"}
+
+
+def test_a_name_that_is_also_another_names_group_is_escaped(tmp_path):
+    # ARTIQ itself fails on "x" and "x/y" together; recovery keeps both.
+    j = Journal(journal_dir(tmp_path))
+    j.op("set", "x", 1, {}, False, False, True)
+    j.op("set", "x/y", 2, {}, False, False, True)
+    j.op("set", "g/h/i", 3, {}, False, False, True)
+    j.crash()
+    (run,) = recover(tmp_path).runs
+    with h5py.File(run.output, "r") as f:
+        assert f["datasets/x"][()] == 1 and f["datasets/g/h/i"][()] == 3
+        assert f["datasets"][escape_name("x/y")][()] == 2
 
 
 def test_unstorable_values_are_kept_as_pyon_and_do_not_stop_the_file(tmp_path):
@@ -748,7 +794,7 @@ def test_unreadable_directory_is_reported_even_as_root(tmp_path,
     real_scandir = os.scandir
 
     def scandir(path):
-        if os.fspath(path) == bad:
+        if isinstance(path, (str, os.PathLike)) and os.fspath(path) == bad:
             raise PermissionError(13, "Permission denied", bad)
         return real_scandir(path)
     monkeypatch.setattr(discover.os, "scandir", scandir)
@@ -763,9 +809,12 @@ def test_close_followed_by_an_empty_segment_is_still_clean(tmp_path):
     from artiq_journal.journal.framing import encode_segment_header
     j = sample_journal(tmp_path, crash=False)
     j.close()
+    artiq_write_results(os.path.join(os.path.dirname(j.path),
+                                     "000000042-Exp.h5"), j.model, 42)
     with open(os.path.join(j.path, "segment-2.log"), "wb") as f:
         f.write(encode_segment_header(2, j.writer.last_seq + 1))
-    assert [r.outcome for r in recover(tmp_path).runs] == ["skipped_clean"]
+    assert [r.outcome for r in recover(tmp_path).runs] == \
+        ["already_complete"]
 
 
 def test_temp_file_of_a_killed_recovery_is_cleaned_up(tmp_path):
@@ -793,14 +842,15 @@ def test_publish_never_overwrites(tmp_path):
     tmp, final = tmp_path / "t", tmp_path / "f.h5"
     tmp.write_bytes(b"new")
     final.write_bytes(b"old")
-    with pytest.raises(FileExistsError):
-        publish_atomically(str(tmp), str(final))
-    assert final.read_bytes() == b"old"
-    assert move_aside(str(final)) == str(final) + ".partial-1"
-    publish_atomically(str(tmp), str(final))
-    assert final.read_bytes() == b"new" and not tmp.exists()
-    final.write_bytes(b"newer")   # same name again: next free number
-    assert move_aside(str(final)) == str(final) + ".partial-2"
+    with Directory(str(tmp_path)) as d:
+        with pytest.raises(FileExistsError):
+            d.publish("t", "f.h5")
+        assert final.read_bytes() == b"old"
+        assert d.move_aside("f.h5") == "f.h5.partial-1"
+        d.publish("t", "f.h5")
+        assert final.read_bytes() == b"new" and not tmp.exists()
+        final.write_bytes(b"newer")   # same name again: next free number
+        assert d.move_aside("f.h5") == "f.h5.partial-2"
     assert (tmp_path / "f.h5.partial-1").read_bytes() == b"old"
     assert (tmp_path / "f.h5.partial-2").read_bytes() == b"newer"
     assert not final.exists()

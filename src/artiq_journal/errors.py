@@ -64,7 +64,12 @@ class UnsupportedSnapshotVersion(CorruptSnapshot, UnsupportedVersion):
 
 
 class JournalLocked(JournalError):
-    """Another live process holds the journal's lock."""
+    """Another live process holds the journal's lock.
+
+    ``holder``, when known, describes the process holding it (pid, user,
+    command), read from the kernel's lock table."""
+
+    holder: "dict | None" = None
 
 
 class JournalFailed(JournalError):
@@ -82,6 +87,18 @@ class JournalClosed(JournalError):
 
 class NotAJournal(JournalError):
     """The path is not a journal directory (or does not exist)."""
+
+
+class NotRegularFile(JournalError):
+    """A symbolic link, FIFO, device, socket or directory stands where a
+    regular file (segment, checkpoint, lock, marker, results file) is
+    expected.  Never followed, never opened for reading: a FIFO would block
+    and a link could lead anywhere."""
+
+
+class LockUnknown(JournalError):
+    """Whether a live writer holds the journal's lock cannot be told (the
+    lock file cannot be opened, or is not a regular file)."""
 
 
 class RecordTooLarge(JournalError):

@@ -184,7 +184,9 @@ def _summary_line(summary: dict) -> str:
 
 _WRITER_TEXT = {
     "live": "live (a running writer holds the lock)",
-    "closed": "none (closed cleanly)",
+    "closed": "none (closed cleanly: ARTIQ's results file holds the data)",
+    "closed_without_results": "none (closed WITHOUT a verified results "
+                              "file: artiq-recover will pick it up)",
     "orphaned": "none, orphaned (lock free and no clean close: "
                 "artiq-recover will pick it up)",
 }
@@ -196,7 +198,9 @@ def _inspect_lines(summary: dict) -> list[str]:
         lines.append(f"file: {summary['file']}")
     lines += [f"format version: {summary['format_version']}",
               f"writer: {_WRITER_TEXT[summary['writer']]}",
-              f"clean close: {_yes(summary['clean_close'])}"]
+              f"clean close: {_yes(summary['clean_close'])}"
+              + (f" (close reason: {summary['close_reason']})"
+                 if summary["close_reason"] else "")]
     lines.append(f"segments: {len(summary['segments'])}")
     for seg in summary["segments"]:
         first = seg["first_seq"] if seg["first_seq"] is not None else "?"

@@ -35,6 +35,17 @@ _COMPLEX = struct.Struct("<dd")
 MAX_BIGINT_BYTES = 4096
 #: How deep tuples (each an ext) may nest before decoding refuses.
 MAX_EXT_DEPTH = 64
+#: How deep containers (lists, maps, tuples) may nest in one payload, the
+#: payload itself counting as level 1.  Enforced identically by the writer
+#: (TypeError, nothing written) and the reader (``bad_payload``): deeper
+#: values would exhaust the Python stack of whatever handles them next.
+MAX_NESTING = 100
+#: msgpack type bytes that open a container or an ext (which may hold a
+#: tuple): a payload with no more of them than MAX_NESTING cannot nest
+#: deeper, whatever it holds -- the test that keeps the check off the hot
+#: path.
+_NESTING_MARKERS = bytes(range(0x80, 0xa0)) + bytes((
+    0xdc, 0xdd, 0xde, 0xdf, 0xc7, 0xc8, 0xc9, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8))
 #: numpy dtype kinds whose bytes are self-describing given ``dtype.str``.
 _PLAIN_KINDS = frozenset("biufcSUmM")
 #: The shape of every ``dtype.str`` of those kinds: byte order, kind, item
@@ -127,6 +138,41 @@ def _default(obj: Any) -> msgpack.ExtType:
         "complex, str, bytes, list, tuple, dict and numpy arrays/scalars")
 
 
+def nesting_depth(value: Any, limit: int = MAX_NESTING) -> int:
+    """How deep lists, maps and tuples nest in ``value`` (a scalar: 0),
+    counting at most to ``limit + 1``.  Iterative: any depth is safe."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        kind = type(obj)
+        if kind is list or kind is tuple:
+            children = obj
+        elif kind is dict:
+            children = [*obj.keys(), *obj.values()]
+        else:
+            continue
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        stack.extend((child, depth + 1) for child in children
+                     if type(child) in (list, tuple, dict))
+    return deepest
+
+
+def nesting_exceeded(data: bytes, value: Any) -> bool:
+    """Whether ``value``, encoded as ``data``, nests deeper than
+    :data:`MAX_NESTING`.  Cheap unless ``data`` holds more container type
+    bytes than that (then the value itself is measured)."""
+    if len(data) <= MAX_NESTING:
+        return False
+    if len(data) - len(data.translate(None, _NESTING_MARKERS)) \
+            <= MAX_NESTING:
+        return False
+    return nesting_depth(value) > MAX_NESTING
+
+
 def make_packer(zero_copy: bool = False) -> msgpack.Packer:
     """A packer for journal payloads; reuse one per writer (it is not
     thread-safe).  ``zero_copy``: raise :class:`LargeArray` instead of
@@ -165,9 +211,24 @@ _PLAIN_PACKER = msgpack.Packer(use_bin_type=True, strict_types=False)
 _PACK_PLAIN = _PLAIN_PACKER.pack
 
 
+def check_nesting(data: bytes, obj: Any) -> None:
+    """Raise TypeError when ``obj`` (encoded as ``data``) nests deeper than
+    :data:`MAX_NESTING`: the reader would refuse the record."""
+    if nesting_exceeded(data, obj):
+        raise TypeError(f"cannot journal containers nested more than "
+                        f"{MAX_NESTING} levels deep (the reader refuses "
+                        "them)")
+
+
 def pack(obj: Any) -> bytes:
     """Encode ``obj``; raises ``TypeError`` for unsupported values."""
-    return make_packer().pack(obj)
+    try:
+        data = make_packer().pack(obj)
+    except ValueError as exc:
+        # msgpack's own recursion limit: deeper than anything we accept.
+        raise TypeError(f"cannot journal value: {exc}") from None
+    check_nesting(data, obj)
+    return data
 
 
 class _Decoder:
@@ -350,6 +411,9 @@ def make_unpack(max_bytes: int) -> Callable[[bytes], Any]:
     def unpack_one(data: bytes) -> Any:
         try:
             value = unpackb(data)
+            if nesting_exceeded(data, value):
+                raise DecodeError(f"containers nested deeper than "
+                                  f"{MAX_NESTING} levels")
             if _could_hold_timestamp(data):
                 _reject_timestamps(value)
             return value

@@ -47,7 +47,20 @@ REC_APPEND = 5        # [key, value]
 REC_ARCHIVE = 6       # [key, value]   (get(key, archive=True))
 REC_CHECKPOINT = 7    # [user_state]   (a snapshot covering it follows)
 REC_RESUMED_FROM = 8  # {"rid":..., "seq":..., "journal":...}
-REC_CLOSE = 9         # [reason]       (clean close: nothing follows)
+REC_CLOSE = 9         # [reason]       (writer closed: nothing follows)
+
+#: The one close reason that says the data is elsewhere: ARTIQ's results
+#: file was written, read back (same rid) and fsynced before the close.
+#: Every other reason (no_results, build_failed, prepare_failed,
+#: journal_failed, journal_disabled, hook_error, ...) leaves the journal to
+#: artiq-recover exactly like an orphan.
+CLOSE_RESULTS_WRITTEN = "results_written"
+#: Stages (and close reasons) that say build() or prepare() raised: ARTIQ's
+#: worker writes no results file for such a run, so recovery makes none
+#: (docs/FORMAT.md, "What ARTIQ writes, per stage").  A run merely killed
+#: during build or prepare is recovered: had it not crashed, it would have
+#: gone on to write its file.
+STAGES_WITHOUT_RESULTS = frozenset({"build_failed", "prepare_failed"})
 
 RECORD_TYPE_NAMES = {
     REC_RUN_INFO: "run_info",

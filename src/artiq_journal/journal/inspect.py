@@ -21,13 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptSnapshot, NoSnapshot, NotAJournal
+from ..errors import CorruptSnapshot, NoSnapshot, NotAJournal, NotRegularFile
 from . import lock as journal_lock
-from .constants import (DEFAULT_MAX_RECORD_BYTES, FORMAT_VERSION,
-                        SEGMENT_HEADER_SIZE, SNAPSHOT_NAME, SNAPSHOT_NEW,
-                        SNAPSHOT_OLD)
+from .constants import (CLOSE_RESULTS_WRITTEN, DEFAULT_MAX_RECORD_BYTES,
+                        FORMAT_VERSION, REC_CLOSE, SEGMENT_HEADER_SIZE,
+                        SNAPSHOT_NAME, SNAPSHOT_NEW, SNAPSHOT_OLD)
 from .framing import decode_segment_header, parse_segment_name
-from .reader import Diagnostic, JournalReader, list_segments
+from .reader import (Diagnostic, JournalReader, Position, check_position,
+                     list_segments)
+from .safefile import open_regular_file
 from .snapshot import Snapshot, load_snapshot, read_snapshot_file
 
 SNAPSHOT_NAMES = (SNAPSHOT_NAME, SNAPSHOT_NEW, SNAPSHOT_OLD)
@@ -114,8 +116,16 @@ def summarize(path: str | os.PathLike, *, records: bool = False,
     trusted = untrusted = 0
     first_read = last_read = None
     highest = after_seq  # highest seq present in any segment
+    close_reason = None
     for record in reader:
         highest = max(highest, record.seq)
+        if record.trusted:
+            close_reason = (record.payload[0]
+                            if record.rtype == REC_CLOSE
+                            and isinstance(record.payload, list)
+                            and record.payload
+                            and isinstance(record.payload[0], str)
+                            else None)
         if target is not None and record.segment != target:
             continue
         by_type[record.type_name] += 1
@@ -136,6 +146,11 @@ def summarize(path: str | os.PathLike, *, records: bool = False,
                 "payload": jsonable(record.payload)})
     diagnostics[:0] = reader.diagnostics
 
+    position = _snapshot_position(used)
+    if position is not None and target is None:
+        misplaced = check_position(journal_dir, position, used.seq)
+        if misplaced is not None:
+            diagnostics.append(misplaced)
     if used is not None and target is None and used.seq > highest:
         # The writer syncs every record before a snapshot covering it, and
         # never deletes the segment it writes: the tail is gone.
@@ -153,10 +168,18 @@ def summarize(path: str | os.PathLike, *, records: bool = False,
                        != os.path.normpath(journal_dir)]
 
     live = journal_lock.is_locked(journal_dir)
+    writer_closed = reader.clean_close and close_reason is not None
+    # "Clean" promises the data is elsewhere: only a close after ARTIQ's
+    # results file was verified says so.  Any other close leaves the
+    # journal to artiq-recover, like an orphan.
+    clean = writer_closed and close_reason == CLOSE_RESULTS_WRITTEN \
+        and not any(d.severity == "error" for d in diagnostics)
     if live:
         writer = "live"
-    elif reader.clean_close:
+    elif clean:
         writer = "closed"
+    elif writer_closed:
+        writer = "closed_without_results"
     else:
         writer = "orphaned"
     return {
@@ -165,7 +188,8 @@ def summarize(path: str | os.PathLike, *, records: bool = False,
         "file": target,
         "format_version": FORMAT_VERSION,
         "writer": writer,
-        "clean_close": reader.clean_close,
+        "clean_close": clean,
+        "close_reason": close_reason if writer_closed else None,
         "segments": segments if target is None else
         [s for s in segments if s["name"] == target],
         "snapshots": snapshots if target is None else
@@ -186,6 +210,15 @@ def summarize(path: str | os.PathLike, *, records: bool = False,
                         for d in diagnostics],
         "record_list": listing if records else None,
     }
+
+
+def _snapshot_position(used: Snapshot | None) -> Position | None:
+    body = used.state if used is not None else None
+    position = body.get("position") if isinstance(body, dict) else None
+    if isinstance(position, (list, tuple)) and len(position) == 2 \
+            and all(type(v) is int and v >= 0 for v in position):
+        return Position(position[0], position[1])
+    return None
 
 
 def _start_after(first_seq: int | None, used: Snapshot | None) -> int:
@@ -211,12 +244,13 @@ def _examine_segments(journal_dir: str) -> list[dict]:
                                  "number": number, "size": None,
                                  "first_seq": None, "header": "ok"}
         try:
-            with open(seg_path, "rb") as f:
+            with open_regular_file(seg_path) as f:
                 entry["size"] = os.fstat(f.fileno()).st_size
                 head = f.read(SEGMENT_HEADER_SIZE)
             entry["first_seq"] = decode_segment_header(head).first_seq
-        except (OSError, ValueError) as exc:
-            entry["header"] = getattr(exc, "strerror", None) or str(exc)
+        except (OSError, ValueError, NotRegularFile) as exc:
+            entry["header"] = getattr(exc, "reason", None) \
+                or getattr(exc, "strerror", None) or str(exc)
         segments.append(entry)
     return segments
 

@@ -34,8 +34,10 @@ from . import codec
 from .constants import (DEFAULT_MAX_RECORD_BYTES, RECORD_HEADER,
                         RECORD_HEADER_SIZE, RECORD_TYPE_NAMES, REC_CLOSE,
                         SEGMENT_HEADER_SIZE)
+from ..errors import NotRegularFile
 from .framing import (crc32, decode_segment_header, parse_segment_name,
                       segment_name)
+from .safefile import open_regular_file
 
 _RESYNC_CHUNK = 1 << 20
 _READ_BUFFER = 1 << 20
@@ -178,13 +180,29 @@ class JournalReader:
             picked = [s for s in segments if s[0] >= self.start.segment]
             if picked and picked[0][0] == self.start.segment:
                 segments, first_offset = picked, self.start.offset
+            elif segments[-1][0] < self.start.segment:
+                self._diag("snapshot_ahead", self.path, None,
+                           f"the snapshot's position is in segment "
+                           f"{self.start.segment}, past the last segment "
+                           f"({segments[-1][0]}): segments are missing; "
+                           "reading all segments")
         self._trusting = True
         self._next_seq = self.after_seq + 1
+        self._rescan = False
         last_index = len(segments) - 1
         for i, (number, seg_path) in enumerate(segments):
             yield from self._read_segment(
                 number, seg_path, i == last_index,
                 first_offset if i == 0 else None)
+            if self._rescan:
+                break
+        if self._rescan:
+            self._trusting = True
+            self._next_seq = self.after_seq + 1
+            last_index = len(self.segments) - 1
+            for i, (number, seg_path) in enumerate(self.segments):
+                yield from self._read_segment(number, seg_path,
+                                              i == last_index, None)
 
     # -- helpers -------------------------------------------------------------
 
@@ -197,7 +215,11 @@ class JournalReader:
     def _read_segment(self, number, seg_path, is_last, start_offset):
         name = os.path.basename(seg_path)
         try:
-            f = open(seg_path, "rb", buffering=_READ_BUFFER)
+            f = open_regular_file(seg_path, buffering=_READ_BUFFER)
+        except NotRegularFile as exc:
+            self._diag("not_regular", seg_path, None, exc.reason)
+            self._trusting = False
+            return
         except OSError as exc:
             self._diag("unreadable", seg_path, None,
                        f"cannot open segment: {exc.strerror or exc}")
@@ -254,11 +276,15 @@ class JournalReader:
                     self._trusting = False
                     self._next_seq = header.first_seq
                 offset = SEGMENT_HEADER_SIZE
-                if start_offset is not None and start_offset >= offset:
-                    # At most the end of the file: a position beyond it
-                    # finds no record there, as before, without a seek
-                    # that overflows.
-                    offset = min(start_offset, max(size, offset))
+                if start_offset is not None:
+                    if not self._position_ok(f, seg_path, start_offset,
+                                             size):
+                        # Read the segments from the first one instead:
+                        # records up to the snapshot's seq are skipped as
+                        # covered, and what is missing shows as a gap.
+                        self._rescan = True
+                        return
+                    offset = start_offset
                 self._resync_budget = (_RESYNC_BUDGET_FACTOR
                                        * max(size - offset, 0)
                                        + _RESYNC_BUDGET_EXTRA)
@@ -282,6 +308,8 @@ class JournalReader:
         unpackb = msgpack.unpackb
         ext_hook = codec._Decoder(self.max_record_bytes)
         could_hold_timestamp = codec._could_hold_timestamp
+        nesting_exceeded = codec.nesting_exceeded
+        max_nesting = codec.MAX_NESTING
         f.seek(offset)
         out: list[Record] = []
         append = out.append
@@ -320,11 +348,15 @@ class JournalReader:
                         # Inline msgpack call: its default limits (the
                         # payload's own length) bound every allocation.
                         # Timestamps (ext -1, decoded by msgpack itself)
-                        # are left to the strict path.
-                        payload = unpackb(payload, ext_hook=ext_hook,
-                                          raw=False, strict_map_key=False)
+                        # and deep nesting are left to the strict path.
+                        value = unpackb(payload, ext_hook=ext_hook,
+                                        raw=False, strict_map_key=False)
                     except Exception:
                         break
+                    if length > max_nesting and \
+                            nesting_exceeded(payload, value):
+                        break
+                    payload = value
                     append((seq, rtype, payload, name, base + pos, True))
                     next_seq = seq + 1
                     pos = end
@@ -421,8 +453,12 @@ class JournalReader:
                     try:
                         if 255 in payload and could_hold_timestamp(payload):
                             raise ValueError("may hold a timestamp")
-                        payload = unpackb(payload, ext_hook=ext_hook,
-                                          strict_map_key=False)
+                        value = unpackb(payload, ext_hook=ext_hook,
+                                        strict_map_key=False)
+                        if length > max_nesting and \
+                                nesting_exceeded(payload, value):
+                            raise ValueError("nested too deep")
+                        payload = value
                     except Exception:
                         decoded = False
                 if decoded:
@@ -461,6 +497,15 @@ class JournalReader:
         self.clean_close = last_rtype == REC_CLOSE
         self._end_segment = number
         self._end_offset = end_off
+
+    def _position_ok(self, f, seg_path, offset, size):
+        problem = position_problem(f, size, offset, self.after_seq,
+                                   self.max_record_bytes)
+        if problem is None:
+            return True
+        self._diag("snapshot_ahead", seg_path, offset,
+                   problem + "; reading all segments")
+        return False
 
     def _accept(self, seq, rtype, payload, name, seg_path, offset):
         if seq < self._next_seq:
@@ -531,6 +576,66 @@ class JournalReader:
                     return pos + i
             pos += last + 1
         return None
+
+
+def position_problem(f, size: int, offset: int, after_seq: int,
+                     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+                     ) -> str | None:
+    """Why the snapshot position ``offset`` of a segment (open as ``f``, of
+    ``size`` bytes) cannot be where record ``after_seq + 1`` starts, or
+    None when it can.  Anything else means the segment is not what the
+    snapshot saw: damage, reported as ``snapshot_ahead`` (records after the
+    snapshot may be lost)."""
+    if offset < SEGMENT_HEADER_SIZE:
+        return (f"the snapshot's position {offset} is inside the segment "
+                "header")
+    if offset > size:
+        return (f"the snapshot's position {offset} is past the end of the "
+                f"segment ({size} bytes): the segment lost data the "
+                f"snapshot had seen; records after seq {after_seq} may be "
+                "lost")
+    if offset + RECORD_HEADER_SIZE > size:
+        return None
+    # Only an intact record proves the position wrong: bytes that never
+    # reached the disk (zeros after power loss, a torn record) are the
+    # scan's business, reported as it reports them.
+    f.seek(offset)
+    head = f.read(RECORD_HEADER_SIZE)
+    crc, length, seq, _rtype, flags, reserved = RECORD_HEADER.unpack(head)
+    if flags or reserved or seq == after_seq + 1 or length > min(
+            max_record_bytes, size - offset - RECORD_HEADER_SIZE):
+        return None
+    payload = f.read(length)
+    if crc32(payload, crc32(head[4:])) != crc:
+        return None
+    return (f"the snapshot's position {offset} holds seq {seq}, not seq "
+            f"{after_seq + 1}")
+
+
+def check_position(journal_dir: str, position: Position, after_seq: int
+                   ) -> Diagnostic | None:
+    """The ``snapshot_ahead`` diagnostic for a snapshot whose position does
+    not fit the journal's segments, or None (also when the segment is gone:
+    then readers scan from the first segment anyway)."""
+    seg_path = os.path.join(journal_dir, segment_name(position.segment))
+    try:
+        segments = list_segments(journal_dir)
+        with open_regular_file(seg_path) as f:
+            size = os.fstat(f.fileno()).st_size
+            problem = position_problem(f, size, position.offset, after_seq)
+    except FileNotFoundError:
+        if segments and segments[-1][0] < position.segment:
+            return Diagnostic(
+                "snapshot_ahead", journal_dir, None,
+                f"the snapshot's position is in segment {position.segment},"
+                f" past the last segment ({segments[-1][0]}): segments are "
+                "missing")
+        return None
+    except (OSError, NotRegularFile):
+        return None  # the reader reports what is wrong with the file
+    if problem is None:
+        return None
+    return Diagnostic("snapshot_ahead", seg_path, position.offset, problem)
 
 
 def _zeros_to_end(f) -> bool:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import (CorruptSnapshot, JournalFailed, NoSnapshot,
+                      NotRegularFile,
                       UnsupportedSnapshotVersion)
 from . import codec
 from .constants import (DEFAULT_MAX_SNAPSHOT_BYTES, FORMAT_VERSION,
@@ -29,6 +30,8 @@ from .constants import (DEFAULT_MAX_SNAPSHOT_BYTES, FORMAT_VERSION,
                         SNAPSHOT_NAME, SNAPSHOT_NEW, SNAPSHOT_OLD)
 from .framing import crc32
 from .fsio import OS_FILE_OPS, FileOps
+from .safefile import (CREATE_MODE, O_CLOEXEC, O_NOFOLLOW,
+                       open_regular_file)
 
 #: Header bytes covered by the CRC (everything before the CRC field).
 _CRC_COVERED = 32
@@ -61,7 +64,7 @@ def read_snapshot_file(path: str,
     damaged or incomplete file -- its subclass UnsupportedSnapshotVersion
     (also an UnsupportedVersion) for one of a newer format version -- or
     OSError (FileNotFoundError when it does not exist)."""
-    with open(path, "rb") as f:
+    with open_regular_file(path) as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(SNAPSHOT_HEADER_SIZE)
         if len(head) < SNAPSHOT_HEADER_SIZE:
@@ -115,6 +118,9 @@ def load_snapshot(journal_dir: str,
         except CorruptSnapshot as exc:
             problems.append(f"{name}: {exc}")
             continue
+        except NotRegularFile as exc:
+            problems.append(f"{name}: {exc.reason}")
+            continue
         except OSError as exc:
             problems.append(f"{name}: cannot read: {exc.strerror or exc}")
             continue
@@ -156,7 +162,13 @@ def write_snapshot(journal_dir: str, seq: int, state: Any, *,
                 ops.rename(new_path, cur_path)
                 ops.fsync_dir(journal_dir)
                 step = "create"
-        fd = ops.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        if os.path.lexists(new_path):
+            # An incomplete leftover, or one older than ``checkpoint``:
+            # nothing depends on it.  Removed, never truncated in place: a
+            # symlink planted under this name must not be written through.
+            ops.unlink(new_path)
+        fd = ops.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                      | O_NOFOLLOW | O_CLOEXEC, CREATE_MODE)
         try:
             step = "write"
             view = memoryview(data)

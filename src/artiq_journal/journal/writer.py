@@ -40,7 +40,10 @@ from .constants import (CRC_FIELD, DEFAULT_MAX_RECORD_BYTES, RECORD_HEADER_SIZE,
 from .framing import (crc32, decode_segment_header, encode_segment_header,
                       segment_name)
 from .fsio import OS_FILE_OPS, FileOps, missing_directories
+from .codec import MAX_NESTING
 from .reader import JournalReader, Position, list_segments
+from .safefile import (CREATE_MODE, O_CLOEXEC, O_NOFOLLOW,
+                       open_regular_file)
 
 FSYNC_POLICIES = ("always", "group", "never")
 #: Default group-commit window: a record is durable at most this long after
@@ -253,7 +256,7 @@ class JournalWriter:
                 f"past the last segment ({number}); refusing to append",
                 path=self.path)
         try:
-            with open(seg_path, "rb") as f:
+            with open_regular_file(seg_path) as f:
                 size = os.fstat(f.fileno()).st_size
                 head = f.read(SEGMENT_HEADER_SIZE)
         except OSError as exc:
@@ -290,7 +293,8 @@ class JournalWriter:
         # journal directory's own name: _ensure_dir.)
         self._sync_dir(self.path)
         try:
-            fd = self.ops.open(seg_path, os.O_WRONLY)
+            fd = self.ops.open(seg_path, os.O_WRONLY | O_NOFOLLOW
+                               | O_CLOEXEC)
             try:
                 if size != cut:
                     # Cut the torn tail: those bytes were never acknowledged,
@@ -317,8 +321,8 @@ class JournalWriter:
     def _new_segment(self, number: int) -> None:
         seg_path = os.path.join(self.path, segment_name(number))
         try:
-            fd = self.ops.open(seg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                               0o644)
+            fd = self.ops.open(seg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                               | O_NOFOLLOW | O_CLOEXEC, CREATE_MODE)
             self._fd = fd
             header = encode_segment_header(number, self._seq + 1)
             self._write_all(fd, header)
@@ -349,11 +353,20 @@ class JournalWriter:
         try:
             payload = self._pack(obj)
         except codec.LargeArray:
+            if codec.nesting_depth(obj) > codec.MAX_NESTING:
+                raise TypeError(f"cannot journal containers nested more "
+                                f"than {codec.MAX_NESTING} levels deep")
             return self._append_parts(rtype, codec.pack_parts(obj))
+        except ValueError as exc:
+            # msgpack's own recursion limit: deeper than the reader takes.
+            self._reset_packer()
+            raise TypeError(f"cannot journal value: {exc}") from None
         except BaseException:
             self._reset_packer()
             raise
         length = len(payload)
+        if length > MAX_NESTING:
+            codec.check_nesting(payload, obj)
         if length > self.max_record_bytes:
             raise RecordTooLarge(
                 f"record of {length} bytes exceeds the maximum record size "
@@ -599,7 +612,7 @@ class JournalWriter:
             if num >= self._segment:
                 break
             try:
-                with open(next_path, "rb") as f:
+                with open_regular_file(next_path) as f:
                     next_first = decode_segment_header(
                         f.read(SEGMENT_HEADER_SIZE)).first_seq
             except (OSError, ValueError):

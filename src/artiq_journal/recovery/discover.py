@@ -15,11 +15,16 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from ..journal.constants import (JOURNAL_SUFFIX, RECORD_HEADER,
+import msgpack
+
+from ..journal.constants import (CLOSE_RESULTS_WRITTEN, JOURNAL_SUFFIX,
+                                 RECORD_HEADER,
                                  RECORD_HEADER_SIZE, REC_CLOSE,
                                  SEGMENT_HEADER_SIZE, SNAPSHOT_NAME,
                                  SNAPSHOT_NEW, SNAPSHOT_OLD)
+from ..errors import JournalError
 from ..journal.framing import crc32, parse_segment_name
+from ..journal.safefile import open_regular_file
 from .report import Problem
 
 #: ``<rid:09d>-<ClassName>.journal``: rid and class name of the run.
@@ -137,17 +142,16 @@ def fingerprint(journal_dir: str) -> list[list] | None:
     return items
 
 
-def closed_cleanly(journal_dir: str) -> bool:
-    """Cheap check: is the last record of the last segment an intact
-    clean-close record?
+def tail_close_reason(journal_dir: str) -> str | None:
+    """Cheap check: the reason of an intact close record ending the last
+    segment, or None.
 
-    Reads at most the last few KiB, so the clean runs of a large tree are
-    skipped without replaying them.  It does not re-verify the records
-    before the close: the writer appends a close record only to a journal
-    it found undamaged, and after a clean close ARTIQ has written its own
-    results file.  False whenever in doubt (the full replay then decides,
-    e.g. when a rotation left an empty last segment after the close).
-    Never raises.
+    Reads at most the last few KiB, so the finished runs of a large tree
+    are sorted out without replaying them.  It does not re-verify the
+    records before the close: a caller may only use a close that says
+    ARTIQ's results file was written (:data:`CLOSE_RESULTS_WRITTEN`) as a
+    hint to check that file -- never as a verdict on the journal.  None
+    whenever in doubt (the full replay then decides).  Never raises.
     """
     segments = []
     try:
@@ -156,19 +160,19 @@ def closed_cleanly(journal_dir: str) -> bool:
             if number is not None:
                 segments.append((number, os.path.join(journal_dir, name)))
         if not segments:
-            return False
-        with open(max(segments)[1], "rb") as f:
+            return None
+        with open_regular_file(max(segments)[1]) as f:
             size = os.fstat(f.fileno()).st_size
             start = max(SEGMENT_HEADER_SIZE, size - _CLOSE_WINDOW)
             if size <= start:
                 # Nothing after the header: a new segment, or one whose
                 # header a crash cut short (a legal crash state).  No close
                 # record to find.
-                return False
+                return None
             f.seek(start)
             tail = f.read(size - start)
-    except OSError:
-        return False
+    except (OSError, JournalError):
+        return None
     hsize = RECORD_HEADER_SIZE
     # The close record ends exactly at the end of the file: try each start
     # position from the end backwards (a close payload is a few bytes).
@@ -178,6 +182,21 @@ def closed_cleanly(journal_dir: str) -> bool:
         if rtype != REC_CLOSE or flags or reserved \
                 or pos + hsize + length != len(tail):
             continue
-        if crc32(tail[pos + hsize:], crc32(tail[pos + 4:pos + hsize])) == crc:
-            return True
-    return False
+        payload = tail[pos + hsize:]
+        if crc32(payload, crc32(tail[pos + 4:pos + hsize])) != crc:
+            continue
+        try:
+            reason = msgpack.unpackb(payload, raw=False)
+        except Exception:  # noqa: BLE001 - not a close we understand
+            return None
+        if isinstance(reason, list) and len(reason) == 1 \
+                and isinstance(reason[0], str):
+            return reason[0]
+        return None
+    return None
+
+
+def closed_cleanly(journal_dir: str) -> bool:
+    """Whether the journal ends (cheap tail check) in a close record saying
+    ARTIQ's results file was written and verified."""
+    return tail_close_reason(journal_dir) == CLOSE_RESULTS_WRITTEN

@@ -19,24 +19,31 @@ Layout (ARTIQ's ``worker_impl.write_results``, see ``ARTIQ_API.md``):
   (JSON, if the run resumed another) and ``data_lost`` (any error-level
   problem).  Datasets: ``problems`` (one ``"file:offset: reason"`` string
   each), ``problem_detail`` (parallel: the JSON text ``[file, offset,
-  reason, severity]``) and, when a name had to be escaped,
-  ``escaped_names``.
+  reason, severity]``), when a name had to be escaped ``escaped_names``,
+  and when a value could not be stored at all ``unstored``.
 
 The guard makes two differences from ARTIQ, both reported as problems:
 
-* **Names.**  A dataset name containing ``/`` or NUL, or equal to ``""``,
-  ``"."`` or ``".."`` would make h5py create groups (even at the file root
-  for ``"/x"``), silently truncate the name, or fail.  Such a name is stored
-  percent-encoded: ``%`` -> ``%25``, ``/`` -> ``%2F``, NUL -> ``%00``, the
-  dots of ``.``/``..`` -> ``%2E``, and the empty name -> ``%``.  If that
-  collides with another name in the group, ``%23<n>`` (``#n``) is appended.
-  Every escape is listed in ``artiq_journal/escaped_names`` as the JSON text
-  ``[group, stored_name, original_name]``.  Other names are untouched.
+* **Names.**  A dataset name with ``/`` is nested as ARTIQ's own
+  ``group[name] = value`` nests it ("a/b": group ``a``, dataset ``b``),
+  unless another name is one of its groups or lies inside it.  Such a
+  clash, and a name containing NUL, starting with ``/``, with an empty,
+  ``.`` or ``..`` component, or equal to ``""``, would make h5py create
+  groups at the file root, silently truncate the name, or fail: it is
+  stored percent-encoded: ``%`` -> ``%25``, ``/`` -> ``%2F``, NUL ->
+  ``%00``, the dots of ``.``/``..`` -> ``%2E``, and the empty name -> ``%``.
+  If that collides with another name in the group, ``%23<n>`` (``#n``) is
+  appended.  Every escape is listed in ``artiq_journal/escaped_names`` as
+  the JSON text ``[group, stored_name, original_name]``.
 * **Unstorable values.**  Where ARTIQ raises (``None``, ragged lists, lists
-  of str, dicts, ints beyond 64 bits, ...) and loses the rest of the file,
-  the value is stored as its PYON text (readable by ``sipyco.pyon.decode``)
-  with the attribute ``artiq_journal_encoding = "pyon"``; the same for
-  metadata attributes.  Everything else is still written.
+  of str, dicts, ints beyond 64 bits, strings with NUL, ...) and loses the
+  rest of the file, the value is stored as its PYON text (readable by
+  ``sipyco.pyon.decode``) with the attribute ``artiq_journal_encoding =
+  "pyon"``; the same for metadata attributes.  A value that has no PYON
+  text either (nested too deep to encode, text over 64 MiB) *cannot be
+  stored*: it is left out, listed in ``artiq_journal/unstored`` (JSON
+  ``[group, name, reason]``) and reported as an error (the run is then
+  ``recovered_partial``).  Everything else is still written.
 
 Files use HDF5 format bounds ``("earliest", "v110")``: the lowest format
 version for each object, and an error rather than a file HDF5 1.10 tools
@@ -55,8 +62,8 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from ..journal.constants import FORMAT_VERSION
 from .. import pyon
+from ..journal.constants import FORMAT_VERSION
 from ..runstate import RunState
 from .report import Problem
 
@@ -89,6 +96,17 @@ def needs_escape(name: str) -> bool:
     return name in ("", ".", "..") or "/" in name or "\0" in name
 
 
+def nests_like_artiq(name: str) -> bool:
+    """True for a name with ``/`` that ARTIQ's ``group[name] = value``
+    stores as nested groups ("a/b" -> group a, dataset b), and that stays
+    inside its group that way: no empty, ``.`` or ``..`` component, no NUL,
+    no leading ``/`` (which h5py would take from the file's root)."""
+    if "/" not in name or "\0" in name:
+        return False
+    parts = name.split("/")
+    return all(part not in ("", ".", "..") for part in parts)
+
+
 def escape_name(name: str) -> str:
     """The percent-encoded form described in the module docstring."""
     if name == "":
@@ -99,13 +117,30 @@ def escape_name(name: str) -> str:
 
 
 def plan_names(keys: Iterable[str]) -> dict[str, str]:
-    """``{key: stored_name}`` for the keys that need escaping, chosen so no
-    stored name equals another key's name in the same group."""
+    """``{key: stored_name}`` for the keys that cannot be stored under
+    their own name, chosen so no stored name equals another key's.
+
+    A name with ``/`` is nested as ARTIQ nests it unless another key is
+    one of its groups or lies inside it (ARTIQ itself would fail there:
+    "a" and "a/b" cannot both exist); then it is escaped."""
     keys = list(keys)
-    taken = {k for k in keys if not needs_escape(k)}
+    names = set(keys)
+
+    def nests(key: str) -> bool:
+        if not nests_like_artiq(key):
+            return False
+        parts = key.split("/")
+        return not any("/".join(parts[:i]) in names
+                       for i in range(1, len(parts)))
+
+    nested = {k for k in keys if nests(k)}
+    # Group names the nested keys create: no escaped name may take one.
+    groups = {"/".join(k.split("/")[:i]) for k in nested
+              for i in range(1, k.count("/") + 1)}
+    taken = {k for k in keys if not needs_escape(k)} | groups
     plan = {}
     for key in keys:
-        if not needs_escape(key):
+        if key in nested or not needs_escape(key):
             continue
         base = candidate = escape_name(key)
         n = 1
@@ -124,16 +159,68 @@ class _Sink:
         self.output = output
         self.problems: list[Problem] = []
         self.escaped: list[str] = []
+        #: JSON ``[group, name, reason]`` of every value not stored at all.
+        self.unstored: list[str] = []
 
     def add(self, reason: str, severity: str) -> None:
         self.problems.append(Problem(self.output, None, reason, severity))
 
 
+#: Largest PYON text stored in place of a value HDF5 cannot hold: the
+#: fallback must not turn a hostile value into gigabytes of text.
+PYON_FALLBACK_MAX_CHARS = 64 << 20
+
+
+#: Most items (containers and scalars) a value may hold to get a PYON
+#: fallback: encoding copies the value, and that copy must stay small.
+PYON_FALLBACK_MAX_ITEMS = 1 << 20
+
+
+def _too_big_for_text(value: Any) -> bool:
+    """Whether ``value`` holds more than :data:`PYON_FALLBACK_MAX_ITEMS`
+    items or array bytes worth more text than allowed; counted without
+    copying anything."""
+    items = 0
+    stack = [value]
+    while stack:
+        obj = stack.pop()
+        items += 1
+        if items > PYON_FALLBACK_MAX_ITEMS:
+            return True
+        kind = type(obj)
+        if kind is list or kind is tuple:
+            items += len(obj)
+            stack.extend(v for v in obj if type(v) in _NESTED)
+        elif kind is dict:
+            items += 2 * len(obj)
+            stack.extend(v for v in (*obj.keys(), *obj.values())
+                         if type(v) in _NESTED)
+        elif isinstance(obj, np.ndarray) and \
+                obj.nbytes * 2 > PYON_FALLBACK_MAX_CHARS:
+            return True
+    return False
+
+
+_NESTED = (list, tuple, dict, np.ndarray)
+
+
 def _as_pyon(value: Any) -> str | None:
-    try:
-        return pyon.encode(value)
-    except (TypeError, ValueError):
+    """The PYON text of ``value``, or None when it has none, is nested too
+    deep to encode, or would be larger than the fallback allows (it is
+    never built then: a hostile value must not cost its size again)."""
+    if _too_big_for_text(value):
         return None
+    try:
+        text = pyon.encode(value)
+    except (TypeError, ValueError, OverflowError, RecursionError,
+            MemoryError):
+        return None
+    return text if len(text) <= PYON_FALLBACK_MAX_CHARS else None
+
+
+def _reason(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 500 else text[:500] + "..."
 
 
 class _GuardedAttrs:
@@ -150,15 +237,18 @@ class _GuardedAttrs:
         try:
             self._attrs[stored] = value
             return
-        except (TypeError, ValueError) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # h5py raises many kinds; never fatal
+            reason = _reason(exc)
         text = _as_pyon(value)
-        if text is None:
+        try:
+            if text is None:
+                raise ValueError("no PYON text either")
+            self._attrs[stored] = text
+        except Exception:  # noqa: BLE001 - e.g. too large for an attribute
             self._sink.add(f"{self._where}: metadata {name!r} of type "
                            f"{type(value).__name__} not stored ({reason})",
                            "error")
             return
-        self._attrs[stored] = text
         self._sink.add(f"{self._where}: metadata {name!r} of type "
                        f"{type(value).__name__} cannot be an HDF5 attribute "
                        f"({reason}); stored as PYON text", "warning")
@@ -189,7 +279,11 @@ def _numeric_list_as_array(value: Any) -> Any:
     element in Python to look for strings, which dominates writing a scan of
     a million points.
     """
-    if type(value) is not list or not value:
+    if type(value) is not list or not value \
+            or not isinstance(value[0], (int, float, complex, np.number,
+                                         np.bool_, list)):
+        # Not numbers (a list of maps, of strings): no numeric array, and
+        # no object array copy of a possibly huge list either.
         return value
     try:
         array = np.asarray(value)
@@ -221,21 +315,34 @@ class _GuardedGroup:
         try:
             self._group[name] = _numeric_list_as_array(value)
             return
-        except (TypeError, ValueError) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-        if name in self._group:
-            del self._group[name]  # a half-created dataset must not remain
+        except Exception as exc:  # h5py raises many kinds; never fatal
+            reason = _reason(exc)
+        self._discard(name)  # a half-created dataset must not remain
         text = _as_pyon(value)
+        if text is not None:
+            try:
+                self._group[name] = text
+                self._group[name].attrs[ENCODING_ATTR] = "pyon"
+            except Exception:  # noqa: BLE001 - reported below
+                self._discard(name)
+                text = None
         if text is None:
             self._sink.add(f"dataset {where!r} of type "
                            f"{type(value).__name__} not stored ({reason})",
                            "error")
+            self._sink.unstored.append(json.dumps(
+                [self._group.name.lstrip("/"), key, reason]))
             return
-        self._group[name] = text
-        self._group[name].attrs[ENCODING_ATTR] = "pyon"
         self._sink.add(f"dataset {where!r} of type {type(value).__name__} "
                        f"cannot be stored by HDF5 as ARTIQ would ({reason}); "
                        "stored as PYON text", "warning")
+
+    def _discard(self, name: str) -> None:
+        try:
+            if name in self._group:
+                del self._group[name]
+        except Exception:  # noqa: BLE001 - nothing more can be done
+            pass
 
     def __getitem__(self, key: str) -> Any:
         name = self._stored(key)
@@ -262,80 +369,155 @@ def _string_array(items: list[str]) -> np.ndarray:
                     dtype=h5py.string_dtype())
 
 
+#: Longest string stored as an attribute: HDF5 1.10's compact attribute
+#: storage holds 64 KiB per object, and journal content may be hostile.
+ATTR_TEXT_MAX = 16 << 10
+#: Longest text kept for one problem line.
+PROBLEM_TEXT_MAX = 4 << 10
+#: Longest exact PYON text of the expid taken from the run info.
+EXPID_PYON_MAX = 16 << 20
+
+
+def printable(text: str, limit: int | None = None) -> str:
+    """``text`` made storable as an HDF5 UTF-8 string: undecodable bytes of
+    a file name (surrogate escapes) replaced, NUL shown as ``\\0``, and cut
+    to ``limit`` characters (marked with an ellipsis)."""
+    if not isinstance(text, str):
+        text = repr(text)
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = text.replace("\0", "\\0")
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "..."
+    return text
+
+
+def _store(f: Any, name: str, value: Any, sink: _Sink, what: str) -> None:
+    """``f[name] = value``, reporting instead of raising."""
+    try:
+        f[name] = value
+    except Exception as exc:  # noqa: BLE001 - one root value, not the file
+        try:
+            if name in f:
+                del f[name]
+        except Exception:  # noqa: BLE001
+            pass
+        sink.add(f"{what} not written ({_reason(exc)})", "error")
+        sink.unstored.append(json.dumps(["", name, _reason(exc)]))
+
+
+def _expid_text(info: dict, sink: _Sink) -> str | None:
+    exact = info.get("expid_pyon")
+    if isinstance(exact, str) and len(exact) <= EXPID_PYON_MAX \
+            and "\0" not in exact:
+        # The PYON the run's own ARTIQ wrote (v1 for release-7/8, v2 on
+        # master): the recovered file says what ARTIQ's would have said.
+        return exact
+    if "expid" not in info:
+        sink.add("expid unknown (the run-info record was not recovered); "
+                 "not written", "warning")
+        return None
+    text = _as_pyon(info["expid"])
+    if text is None:
+        sink.add("expid cannot be encoded as PYON; not written", "error")
+    return text
+
+
 def _root_scalars(f: h5py.File, state: RunState, rid: int,
                   sink: _Sink) -> None:
     info = state.run_info or {}
-    f["rid"] = np.int64(rid)
+    _store(f, "rid", np.int64(rid) if -2**63 <= rid < 2**63 else rid, sink,
+           f"rid {rid}")
     version = info.get("artiq_version")
     if isinstance(version, str):
-        f["artiq_version"] = version
+        _store(f, "artiq_version", printable(version, EXPID_PYON_MAX), sink,
+               "artiq_version")
     for name, value in (("start_time", info.get("start_time")),
                         ("run_time", state.run_time)):
         if isinstance(value, (int, float)) and not isinstance(value, bool) \
                 and math.isfinite(value):
-            f[name] = np.float64(value)
+            _store(f, name, np.float64(value), sink, name)
         elif value is not None:
-            sink.add(f"{name} {value!r} is not a number; not written",
-                     "warning")
-    if "expid" not in info:
-        sink.add("expid unknown (the run-info record was not recovered); "
-                 "not written", "warning")
-        return
-    text = _as_pyon(info["expid"])
-    if text is None:
-        sink.add("expid cannot be encoded as PYON; not written", "warning")
-    else:
-        f["expid"] = text
+            sink.add(f"{name} {printable(repr(value), 200)} is not a "
+                     "number; not written", "warning")
+    text = _expid_text(info, sink)
+    if text is not None:
+        _store(f, "expid", text, sink, "expid")
+
+
+def _set_attr(a: Any, name: str, value: Any, sink: _Sink) -> None:
+    if isinstance(value, str):
+        value = printable(value, ATTR_TEXT_MAX)
+    try:
+        a[name] = value
+    except Exception as exc:  # noqa: BLE001 - one attribute, not the file
+        sink.add(f"artiq_journal attribute {name} not written "
+                 f"({_reason(exc)})", "warning")
 
 
 def _journal_group(f: h5py.File, state: RunState, info: RecoveryInfo,
                    sink: _Sink) -> None:
     g = f.create_group(GROUP)
     a = g.attrs
-    a["layout_version"] = LAYOUT_VERSION
-    a["format_version"] = FORMAT_VERSION
-    a["recovered"] = True
-    a["recovered_at"] = datetime.datetime.now(
-        datetime.timezone.utc).isoformat(timespec="seconds")
-    a["recovered_by"] = f"artiq-journal {__version__}"
-    a["journal"] = info.journal
-    a["journal_fingerprint"] = json.dumps(info.fingerprint)
-    a["last_seq"] = np.int64(state.last_seq)
-    a["records_applied"] = np.int64(info.records_applied)
-    a["records_untrusted"] = np.int64(info.records_untrusted)
-    a["snapshot"] = info.snapshot or ""
+    attrs = {
+        "layout_version": LAYOUT_VERSION,
+        "format_version": FORMAT_VERSION,
+        "recovered": True,
+        "recovered_at": datetime.datetime.now(
+            datetime.timezone.utc).isoformat(timespec="seconds"),
+        "recovered_by": f"artiq-journal {__version__}",
+        "journal": info.journal,
+        "journal_fingerprint": json.dumps(info.fingerprint),
+        "last_seq": np.int64(state.last_seq),
+        "records_applied": np.int64(info.records_applied),
+        "records_untrusted": np.int64(info.records_untrusted),
+        "snapshot": info.snapshot or "",
+        "snapshot_reason": info.snapshot_note,
+        "stage": state.stage if isinstance(state.stage, str) else "",
+    }
     if info.snapshot_seq is not None:
-        a["snapshot_seq"] = np.int64(info.snapshot_seq)
-    a["snapshot_reason"] = info.snapshot_note
-    a["stage"] = state.stage or ""
+        attrs["snapshot_seq"] = np.int64(info.snapshot_seq)
     if state.resumed_from is not None:
-        a["resumed_from"] = json.dumps(state.resumed_from, default=repr)
+        try:
+            attrs["resumed_from"] = json.dumps(state.resumed_from,
+                                               default=repr)
+        except (ValueError, RecursionError) as exc:
+            sink.add(f"resumed_from not written ({_reason(exc)})", "warning")
+    for name, value in attrs.items():
+        _set_attr(a, name, value, sink)
     problems = info.problems + sink.problems
-    a["data_lost"] = any(p.severity == "error" for p in problems)
-    g["problems"] = _string_array([str(p) for p in problems])
+    _set_attr(a, "data_lost", any(p.severity == "error" for p in problems),
+              sink)
+    g["problems"] = _string_array([printable(str(p), PROBLEM_TEXT_MAX)
+                                   for p in problems])
     g["problem_detail"] = _string_array(
-        [json.dumps([p.file, p.offset, p.reason, p.severity])
-         for p in problems])
+        [printable(json.dumps([p.file, p.offset, p.reason, p.severity]),
+                   PROBLEM_TEXT_MAX) for p in problems])
     if sink.escaped:
         g["escaped_names"] = _string_array(sink.escaped)
+    if sink.unstored:
+        g["unstored"] = _string_array(
+            [printable(u, PROBLEM_TEXT_MAX) for u in sink.unstored])
 
 
-def write_results_file(path: str, state: RunState, info: RecoveryInfo, *,
+def write_results_file(target: Any, state: RunState, info: RecoveryInfo, *,
                        output_name: str | None = None) -> list[Problem]:
-    """Write the results file of ``state`` to ``path`` (created or
-    truncated; the caller publishes it atomically).
+    """Write the results file of ``state`` into ``target``: a path (created
+    or truncated) or, preferably, a binary file object opened read-write
+    on a file the caller created exclusively (then every byte goes through
+    that descriptor; the caller fsyncs and publishes it atomically).
 
     Returns the storage problems (escaped names, values stored as PYON or
-    not at all); they are also in the file with ``info.problems``.  A value
-    that cannot be stored never stops the rest from being written.  Raises
-    ``OSError`` for I/O failures (the file is then incomplete and must not
-    be published).  ``output_name`` names the file in problem messages.
+    not at all -- each of those also listed in ``artiq_journal/unstored``);
+    they are also in the file with ``info.problems``.  A value that cannot
+    be stored never stops the rest from being written.  Raises for I/O
+    failures (the file is then incomplete and must not be published).
+    ``output_name`` names the file in problem messages.
     """
-    sink = _Sink(output_name or path)
+    sink = _Sink(output_name or getattr(target, "name", None) or str(target))
     datasets = state.datasets
     plans = {"datasets": plan_names(datasets.local),
              "archive": plan_names(datasets.archive)}
-    with h5py.File(path, "w", libver=LIBVER) as f:
+    with h5py.File(target, "w", libver=LIBVER) as f:
         datasets.write_hdf5(_GuardedFile(f, plans, sink))
         _root_scalars(f, state, info.rid, sink)
         _journal_group(f, state, info, sink)

@@ -1,17 +1,27 @@
-"""Put recovered files in place without ever destroying data.
+"""Put recovered files in place without ever destroying data, and without
+being redirected by what others planted in the tree.
 
-* :func:`publish_atomically`: a reader sees no file or the complete file,
-  also after a power loss, and an existing file is never overwritten.
-* :func:`move_aside`: an existing partial or unreadable results file is
-  renamed to ``<name>.partial-<n>`` (the lowest ``n`` not taken; an older
-  aside file is never overwritten), never deleted.
+Every operation here is relative to an opened directory (:class:`Directory`)
+whose last path component is not a symlink, so a name swapped for a link
+between our look and our write cannot send a root-run recovery elsewhere:
+
+* :meth:`Directory.create_temp`: a new temporary file, created with
+  ``O_CREAT | O_EXCL | O_NOFOLLOW`` and written through the fd that created
+  it (the caller hands the fd to h5py as a file object), mode from the
+  umask, owned by the journal's owner when we run as root;
+* :meth:`Directory.publish`: the complete, fsynced temporary file gets the
+  final name by ``link`` (fails if the name exists: never overwrites), then
+  the directory is fsynced;
+* :meth:`Directory.move_aside`: whatever stands at a results file's name
+  (a partial file, a symlink, a FIFO, a directory) is renamed to
+  ``<name>.partial-<n>``, never deleted or followed;
 * :func:`inspect_existing`: tells ARTIQ's complete results file, a file an
-  earlier recovery wrote, and a partial/unreadable file apart.
-* The *done marker* ``<journal>/recovered`` (JSON, written atomically)
-  records that a journal needs nothing more: which results file, and the
-  journal fingerprint it was made from.  The journal directory itself is
-  never renamed (a later run resuming from it refers to it by path) and
-  none of its files are touched.
+  earlier recovery wrote, and a partial, unreadable or special file apart --
+  opening only regular files, never through a symlink, never blocking.
+* The *done marker* ``<journal>/recovered`` (JSON, at most 1 MiB, written
+  atomically) records that a journal needs nothing more: which results file
+  (which must be the journal's own name), and the journal fingerprint it was
+  made from.  The journal's own files are never touched.
 """
 
 from __future__ import annotations
@@ -19,33 +29,33 @@ from __future__ import annotations
 import errno
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 import h5py
 
+from ..errors import NotRegularFile
 from ..journal.fsio import fsync_path, missing_directories
-
+from ..journal.safefile import (create_exclusive, lstat_kind, open_directory,
+                                open_regular, read_small, write_all)
 from .hdf5_out import GROUP
 from .report import Problem
 
 MARKER_NAME = "recovered"
 MARKER_FORMAT = 1
+#: A done marker is a few hundred bytes; anything bigger is not ours.
+MARKER_MAX_BYTES = 1 << 20
 ASIDE_INFIX = ".partial-"
 #: Root datasets ARTIQ writes after the two groups (``write_results``).
 ARTIQ_ROOT_DATASETS = ("artiq_version", "rid", "start_time", "run_time",
                        "expid")
-_TMP_SUFFIX = ".recover-tmp"
+TMP_SUFFIX = ".recover-tmp"
 
 
 def fsync_dir(directory: str) -> None:
     """fsync a directory: renames and links in it are durable only then."""
     fsync_path(directory)
-
-
-def fsync_file(path: str) -> None:
-    fsync_path(path)
 
 
 def makedirs_durable(directory: str) -> None:
@@ -56,95 +66,145 @@ def makedirs_durable(directory: str) -> None:
         fsync_dir(os.path.dirname(path))
 
 
-def temp_path_for(final_path: str) -> str:
-    """A new, empty temporary file next to ``final_path`` (same directory,
-    so the rename is atomic), named ``.<name>.<random>.recover-tmp``."""
-    directory, name = os.path.split(final_path)
-    fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=_TMP_SUFFIX,
-                                dir=directory)
-    os.close(fd)
-    return path
-
-
-def remove_stale_temp_files(final_path: str) -> list[str]:
-    """Delete temporary files :func:`temp_path_for` made for ``final_path``
-    in a recovery that was killed.  Only call this holding the journal's
-    lock: the name is unique to the run, so any such file belongs to a dead
-    recovery of this same journal (incomplete, or a duplicate of a file
-    already published)."""
-    directory, name = os.path.split(final_path)
-    removed = []
+def owner_of(path: str) -> tuple[int, int] | None:
+    """``(uid, gid)`` of ``path`` itself (not a link's target), or None."""
     try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return removed
-    for other in names:
-        if other.startswith(f".{name}.") and other.endswith(_TMP_SUFFIX):
-            _unlink_if_exists(os.path.join(directory, other))
-            removed.append(other)
-    return removed
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_uid, st.st_gid
 
 
-def _link_no_clobber(src: str, dst: str) -> None:
-    """Give ``src``'s file the name ``dst`` too, failing with
-    FileExistsError if ``dst`` exists.  A hard link is the portable atomic
-    "rename unless the target exists"; filesystems without hard links fall
-    back on check-then-rename (only racy against other writers of the same
-    name, which the journal lock excludes)."""
-    try:
-        os.link(src, dst)
-        return
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP,
-                             errno.EXDEV, errno.EMLINK, errno.ENOSYS):
-            raise
-    if os.path.lexists(dst):
-        raise FileExistsError(errno.EEXIST, "file exists", dst)
-    os.rename(src, dst)
+def _running_as_root() -> bool:
+    geteuid = getattr(os, "geteuid", None)
+    return geteuid is not None and geteuid() == 0
 
 
-def _unlink_if_exists(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+class Directory:
+    """An opened directory; every name below is relative to its fd."""
 
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = open_directory(path)
 
-def publish_atomically(tmp_path: str, final_path: str) -> None:
-    """Make the complete file ``tmp_path`` appear as ``final_path``.
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
-    Atomic and durable: the data is fsynced before the name appears (else a
-    power loss could leave a named but empty file), the directory is fsynced
-    after (else the new name itself could be lost).  Never overwrites:
-    raises FileExistsError if ``final_path`` exists (the caller moves an old
-    file aside first).  Both paths must be in the same directory.
-    """
-    fsync_file(tmp_path)
-    _link_no_clobber(tmp_path, final_path)
-    _unlink_if_exists(tmp_path)
-    fsync_dir(os.path.dirname(os.path.abspath(final_path)))
+    def __enter__(self) -> "Directory":
+        return self
 
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
-def move_aside(path: str) -> str:
-    """Rename ``path`` to ``<path>.partial-<n>`` with the lowest free ``n``;
-    return the new path.  Durable (directory fsynced) before returning, so
-    the name is free for the recovered file.  Never overwrites an older
-    aside file and never deletes data: a crash leaves the file under its old
-    name, its new name, or both."""
-    n = 1
-    while True:
-        aside = f"{path}{ASIDE_INFIX}{n}"
+    def join(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def kind(self, name: str) -> str | None:
+        """What stands at ``name`` (``None``: nothing), links not followed."""
+        return lstat_kind(name, dir_fd=self.fd)
+
+    def fsync(self) -> None:
+        os.fsync(self.fd)
+
+    # -- writing -------------------------------------------------------------
+
+    def create_temp(self, final_name: str,
+                    owner: tuple[int, int] | None = None) -> tuple[int, str]:
+        """A new empty file ``.<final_name>.<random>.recover-tmp``: its fd
+        (read-write) and name.  As root, the file is given to ``owner``."""
+        for _ in range(100):
+            name = f".{final_name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
+            try:
+                fd = create_exclusive(name, dir_fd=self.fd, flags=os.O_RDWR)
+            except FileExistsError:
+                continue
+            try:
+                if owner is not None and _running_as_root():
+                    os.fchown(fd, *owner)
+            except BaseException:
+                os.close(fd)
+                self.unlink(name)
+                raise
+            return fd, name
+        raise FileExistsError(errno.EEXIST, "no free temporary name",
+                              self.join(final_name))
+
+    def unlink(self, name: str) -> None:
         try:
-            _link_no_clobber(path, aside)
-            break
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+
+    def _link_no_clobber(self, src: str, dst: str) -> None:
+        """Give ``src`` (itself, even a symlink) the name ``dst`` too,
+        failing with FileExistsError if ``dst`` exists.  A hard link is the
+        atomic "rename unless the target exists"; where links are not
+        possible (directories, some filesystems) check-then-rename, racy
+        only against other writers of the same name, which the journal
+        lock excludes."""
+        try:
+            os.link(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd,
+                    follow_symlinks=False)
+            return
         except FileExistsError:
-            n += 1
-    if os.path.exists(path) and os.path.samefile(path, aside):
-        os.unlink(path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
-    return aside
+            raise
+        except (OSError, NotImplementedError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in (
+                    errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP,
+                    errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.EISDIR):
+                raise
+        if self.kind(dst) is not None:
+            raise FileExistsError(errno.EEXIST, "file exists", self.join(dst))
+        os.rename(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def publish(self, tmp_name: str, final_name: str) -> None:
+        """Make the complete, already fsynced ``tmp_name`` appear as
+        ``final_name``; atomic, durable (directory fsynced), never
+        overwrites (FileExistsError)."""
+        self._link_no_clobber(tmp_name, final_name)
+        self.unlink(tmp_name)
+        # The new name itself is durable only once the directory is synced.
+        self.fsync()
+
+    def move_aside(self, name: str) -> str:
+        """Rename whatever stands at ``name`` to ``<name>.partial-<n>``
+        (lowest free ``n``); return the new name.  Durable before it
+        returns; never overwrites an older aside file, never deletes data:
+        a crash leaves it under its old name, its new name, or both."""
+        n = 1
+        while True:
+            aside = f"{name}{ASIDE_INFIX}{n}"
+            try:
+                self._link_no_clobber(name, aside)
+                break
+            except FileExistsError:
+                n += 1
+        try:
+            old = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+            new = os.stat(aside, dir_fd=self.fd, follow_symlinks=False)
+            if (old.st_dev, old.st_ino) == (new.st_dev, new.st_ino):
+                os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass  # renamed (no hard link was possible)
+        self.fsync()
+        return aside
+
+    def remove_stale_temps(self, final_name: str) -> list[str]:
+        """Delete temporary files a killed recovery made for
+        ``final_name``.  Call only holding the journal's lock: the name is
+        unique to the run, so such a file belongs to a dead recovery of
+        this journal (incomplete, or a duplicate of a published file)."""
+        removed = []
+        prefix = f".{final_name}."
+        for entry in os.scandir(self.fd):
+            if entry.name.startswith(prefix) and \
+                    entry.name.endswith(TMP_SUFFIX) and \
+                    entry.is_file(follow_symlinks=False):
+                self.unlink(entry.name)
+                removed.append(entry.name)
+        return removed
 
 
 @dataclass
@@ -153,7 +213,8 @@ class ExistingFile:
 
     ``kind``: ``missing``; ``complete`` (ARTIQ's own complete results file);
     ``recovered`` (written by a recovery; ``fingerprint`` is the journal
-    content it was made from); ``partial`` (anything else: truncated,
+    content it was made from); ``special`` (a symlink, FIFO, device, socket
+    or directory: never opened); ``partial`` (anything else: truncated,
     unreadable, incomplete or another run's -- ``detail`` says why).
     """
 
@@ -165,15 +226,31 @@ class ExistingFile:
     problems: list[Problem] = field(default_factory=list)
 
 
-def inspect_existing(path: str, rid: int | None) -> ExistingFile:
-    """Classify the file at ``path`` (read-only)."""
-    if not os.path.lexists(path):
+def inspect_existing(directory: Directory, name: str, rid: int | None, *,
+                     read_data: bool = True) -> ExistingFile:
+    """Classify what stands at ``name`` in ``directory`` (read-only).
+
+    ``read_data``: read every dataset (a file whose writer was killed can
+    list every name yet hold unwritten pages); without it only the layout
+    and the rid are checked (for a file the worker hook already verified).
+    """
+    kind = directory.kind(name)
+    if kind is None:
         return ExistingFile("missing")
+    if kind != "regular file":
+        return ExistingFile("special", f"a {kind} stands at the results "
+                            "file's name")
     try:
-        # locking=False: HDF5's own file locking fails on some network
-        # filesystems, and a complete file must not look unreadable.
-        with h5py.File(path, "r", locking=False) as f:
-            return _classify(f, rid)
+        fd = open_regular(name, dir_fd=directory.fd)
+    except (OSError, NotRegularFile) as exc:
+        return ExistingFile("partial", f"cannot be opened: "
+                            f"{getattr(exc, 'strerror', None) or exc}")
+    try:
+        with os.fdopen(fd, "rb") as fobj:
+            # locking=False: HDF5's own file locking fails on some network
+            # filesystems, and a complete file must not look unreadable.
+            with h5py.File(fobj, "r", locking=False) as f:
+                return _classify(f, rid, read_data)
     except Exception as exc:  # h5py raises OSError, KeyError, RuntimeError..
         return ExistingFile("partial", f"cannot be read as HDF5: "
                             f"{type(exc).__name__}: {exc}")
@@ -184,7 +261,7 @@ def _read_dataset(name: str, obj: Any) -> None:
         obj[()]
 
 
-def _classify(f: h5py.File, rid: int | None) -> ExistingFile:
+def _classify(f: h5py.File, rid: int | None, read_data: bool) -> ExistingFile:
     group = f.get(GROUP)
     if isinstance(group, h5py.Group) and group.attrs.get("recovered", False):
         return _recovered_file(group)
@@ -195,13 +272,10 @@ def _classify(f: h5py.File, rid: int | None) -> ExistingFile:
     if missing:
         return ExistingFile("partial", "incomplete results file (missing "
                             + ", ".join(missing) + ")")
-    # Read every dataset: a file whose writer was killed before closing can
-    # open and list every name yet hold unwritten data pages (h5py reports
-    # "addr overflow" and the like only when the data is read).  Leaving
-    # such a file as "complete" would lose the journaled data.
-    f.visititems(_read_dataset)
+    if read_data:
+        f.visititems(_read_dataset)
+        f["expid"][()]
     file_rid = int(f["rid"][()])
-    f["expid"][()]
     if rid is not None and file_rid != rid:
         return ExistingFile("partial", f"results file of rid {file_rid}, "
                             f"not {rid}")
@@ -229,31 +303,37 @@ def _recovered_file(group: h5py.Group) -> ExistingFile:
 
 
 def read_marker(journal_dir: str) -> dict | None:
-    """The done marker's content, or None (absent or unreadable)."""
+    """The done marker's content, or None (absent, unreadable, not a
+    regular file, larger than :data:`MARKER_MAX_BYTES`, not ours)."""
     try:
-        with open(os.path.join(journal_dir, MARKER_NAME), "rb") as f:
-            data = json.loads(f.read(1 << 20))
-    except (OSError, ValueError):
+        data = json.loads(read_small(os.path.join(journal_dir, MARKER_NAME),
+                                     MARKER_MAX_BYTES))
+    except (OSError, ValueError, NotRegularFile, RecursionError):
         return None
     return data if isinstance(data, dict) and \
         data.get("format") == MARKER_FORMAT else None
 
 
-def write_marker(journal_dir: str, content: dict) -> None:
-    """Atomically and durably (re)write the done marker."""
-    path = os.path.join(journal_dir, MARKER_NAME)
+def write_marker(journal_dir: str, content: dict,
+                 owner: tuple[int, int] | None = None) -> None:
+    """Atomically and durably (re)write the done marker: a new file
+    created exclusively (never through a symlink), written through its fd,
+    fsynced, renamed over the marker's name (a rename replaces a symlink
+    there, it never writes through it), directory fsynced."""
     data = json.dumps({"format": MARKER_FORMAT, **content}, indent=1,
                       sort_keys=True).encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{MARKER_NAME}.", suffix=_TMP_SUFFIX,
-                               dir=journal_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            # Data durable before the rename makes it the marker.
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_if_exists(tmp)
-        raise
-    fsync_dir(journal_dir)
+    with Directory(journal_dir) as directory:
+        fd, tmp = directory.create_temp(MARKER_NAME, owner)
+        try:
+            try:
+                write_all(fd, data)
+                # Data durable before the rename makes it the marker.
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, MARKER_NAME, src_dir_fd=directory.fd,
+                       dst_dir_fd=directory.fd)
+        except BaseException:
+            directory.unlink(tmp)
+            raise
+        directory.fsync()

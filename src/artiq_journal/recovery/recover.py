@@ -8,19 +8,32 @@ For each journal found under the given paths (see ``discover.py``):
 1. A done marker matching the journal's content and ARTIQ's complete file
    -> ``already_complete`` without opening anything else.
 2. The writer lock is held by a live process -> ``skipped_live`` (unless
-   ``force``).  Otherwise the lock is *taken* for the rest of the run (not
-   with ``output``/``dry_run``, which must not touch the tree), so a writer
-   or a second ``recover`` cannot work on the journal at the same time.
-3. The journal ends in a clean close -> ``skipped_clean``.
-4. The results file already there: ARTIQ's complete file ->
+   ``force``), naming the holder; held by a process that is not the
+   writer the journal names -> ``skipped_locked``; cannot be told (lock
+   file unreadable or not a regular file) -> ``skipped_unknown``: never
+   taken for dead.  Otherwise the lock is *taken* for the rest of the run
+   (not with ``output``/``dry_run``, which must not touch the tree), so a
+   writer or a second ``recover`` cannot work on the journal meanwhile.
+3. The journal ends in a close saying ARTIQ's results file was written
+   (``results_written``) and that file is there, regular, complete, of the
+   same rid -> ``already_complete``.  Any other close, or that file
+   missing or damaged, goes on like an orphan: "closed" is never trusted
+   by itself.
+4. Replay (snapshot + trusted records, streaming, one pass).  A run whose
+   ``build()`` or ``prepare()`` raised (stage or close reason
+   ``build_failed``/``prepare_failed``) gets no results file, as ARTIQ
+   writes none: ``no_results_expected``, the journal stays readable.  A run
+   merely killed before ``run()`` is recovered like any other.
+5. The results file already there: ARTIQ's complete file ->
    ``already_complete`` (and mark the journal done); a file an earlier
    recovery made from this same journal content -> ``already_recovered``;
-   anything else is moved aside later, never overwritten.
-5. Replay (snapshot + trusted records, streaming, one pass), write the file
-   to a temporary name, move an old file aside, publish atomically, write
-   the done marker.
+   anything else (partial file, symlink, FIFO, directory) is moved aside
+   later, never overwritten, followed or opened.
+6. Write the file to a temporary name created exclusively in the target
+   directory (an opened directory fd: no symlink can redirect it), through
+   the fd that created it; fsync; publish by link; write the done marker.
 
-Idempotent: a second call finds step 1 or 4 true and writes nothing.
+Idempotent: a second call finds step 1, 3 or 5 true and writes nothing.
 Never raises for a damaged journal or an I/O error on one run: that run is
 ``failed`` or ``recovered_partial`` with its problems, and the others go on.
 """
@@ -29,15 +42,19 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from typing import Callable, Iterable, Union
 
-from ..errors import JournalLocked, RecoveryError
+from ..errors import (JournalError, JournalFailed, JournalLocked,
+                      LockUnknown, NotAJournal, RecoveryError)
 from ..journal import lock as journal_lock
-from ..journal.constants import JOURNAL_SUFFIX
+from ..journal.constants import (CLOSE_RESULTS_WRITTEN, JOURNAL_SUFFIX,
+                                 REC_RUN_INFO, STAGES_WITHOUT_RESULTS)
+from ..journal.reader import JournalReader
 from ..replay import ReplayResult, replay
 from . import publish
-from .discover import (FoundJournal, closed_cleanly, find_journals,
-                       fingerprint, parse_journal_name)
+from .discover import (FoundJournal, find_journals, fingerprint,
+                       parse_journal_name, tail_close_reason)
 from .hdf5_out import RecoveryInfo, write_results_file
 from .report import Problem, Report, RunReport
 
@@ -90,6 +107,22 @@ def _now() -> str:
         timespec="seconds")
 
 
+def _writer_identity(journal_dir: str) -> dict | None:
+    """pid and host of the writer the journal's first record names (its
+    run info), read cheaply; None when unknown."""
+    reader = JournalReader(journal_dir)
+    try:
+        for record in reader:
+            payload = record.payload
+            if record.rtype == REC_RUN_INFO and isinstance(payload, dict):
+                return {"pid": payload.get("pid"),
+                        "host": payload.get("host")}
+            return None
+    except Exception:  # noqa: BLE001 - only a better message depends on it
+        return None
+    return None
+
+
 class _Recovery:
     """The steps of the module docstring for one journal."""
 
@@ -104,6 +137,8 @@ class _Recovery:
         self.result: ReplayResult | None = None
         #: The journal lock, when this recovery holds it.
         self.lock = None
+        #: Who the recovered file and the marker belong to when run as root.
+        self.owner = publish.owner_of(self.path)
         parsed = parse_journal_name(self.path)
         if parsed is not None:
             run.rid, run.class_name = parsed
@@ -131,56 +166,121 @@ class _Recovery:
             return
         if self._marked_complete():
             return
-        held = None
-        if self.in_place:
-            try:
-                held = self.lock = journal_lock.acquire(self.path)
-            except JournalLocked:
-                if not self._live():
-                    return
-            except OSError:
-                # Cannot create/lock on this medium: no writer can be alive
-                # on it either (same reasoning as lock.is_locked).
-                held = None
-        elif journal_lock.is_locked(self.path) and not self._live():
+        if not self._take_lock():
             return
         try:
             self._recover()
         finally:
-            if held is not None:
-                held.release()
+            if self.lock is not None:
+                self.lock.release()
 
-    def _live(self) -> bool:
-        """A live writer holds the lock: skip, or go on with ``force``."""
-        if not self.force:
-            self.run_report.outcome = "skipped_live"
+    def _take_lock(self) -> bool:
+        """Hold the lock (in place) or check nobody does; False (outcome
+        set) when the journal must be left alone."""
+        if self.in_place:
+            try:
+                self.lock = journal_lock.acquire(self.path)
+                return True
+            except JournalLocked as exc:
+                return self._locked(exc.holder)
+            except (JournalFailed, NotAJournal):
+                pass  # cannot write the lock file: probe it read-only
+        try:
+            holder = journal_lock.probe(self.path)
+        except LockUnknown as exc:
+            self.problem(f"{exc.reason}; left alone (a live writer cannot "
+                         "be ruled out)", "error", exc.path)
+            self.run_report.outcome = "skipped_unknown"
             return False
-        self.problem("the journal's writer is still alive; recovered its "
-                     "state so far (--force)", "warning")
-        return True
+        return holder is None or self._locked(holder)
+
+    def _locked(self, holder: dict | None) -> bool:
+        """A live process holds the lock: skip, or go on with ``force``."""
+        who = journal_lock.describe_holder(holder)
+        writer = _writer_identity(self.path) or {}
+        pid = (holder or {}).get("pid")
+        not_writer = (pid is not None and isinstance(writer.get("pid"), int)
+                      and writer.get("host") == socket.gethostname()
+                      and writer["pid"] != pid)
+        if self.force:
+            self.problem(f"the journal's lock is held{who}; recovered its "
+                         "state so far (--force)", "warning")
+            return True
+        if not_writer:
+            self.problem(f"the journal's lock is held{who}, which is not "
+                         f"the run's writer (pid {writer['pid']}): if that "
+                         "process is not writing this journal, stop it or "
+                         "use --force", "warning")
+            self.run_report.outcome = "skipped_locked"
+        else:
+            self.problem(f"the run is still being written: its lock is "
+                         f"held{who}", "info")
+            self.run_report.outcome = "skipped_live"
+        return False
+
+    def _expected_name(self) -> str | None:
+        base = os.path.basename(os.path.normpath(self.path))
+        if parse_journal_name(base) is not None:
+            return base[:-len(JOURNAL_SUFFIX)] + ".h5"
+        return None
 
     def _marked_complete(self) -> bool:
         marker = publish.read_marker(self.path)
         if not marker or marker.get("outcome") != "already_complete" \
                 or marker.get("fingerprint") != self.fingerprint:
             return False
-        target = os.path.join(os.path.dirname(self.path),
-                              str(marker.get("results_file", "")))
-        if not os.path.isfile(target):
+        name = self._expected_name()
+        # Only the journal's own results name: a marker pointing elsewhere
+        # ("../../x.h5", another run's file) is not ours to trust.
+        if name is None or marker.get("results_file") != name:
+            return False
+        try:
+            with publish.Directory(os.path.dirname(self.path)) as directory:
+                existing = publish.inspect_existing(directory, name,
+                                                    self.run_report.rid,
+                                                    read_data=False)
+        except (OSError, JournalError):
+            return False
+        if existing.kind != "complete":
             return False
         self.run_report.outcome = "already_complete"
-        self.run_report.output = target
+        self.run_report.output = os.path.join(os.path.dirname(self.path),
+                                              name)
         return True
 
     def _recover(self) -> None:
         rep = self.run_report
-        if closed_cleanly(self.path):
-            rep.outcome = "skipped_clean"
+        name = self._expected_name()
+        if name is not None and \
+                tail_close_reason(self.path) == CLOSE_RESULTS_WRITTEN:
+            beside = os.path.dirname(self.path)
+            # Every dataset is read: the tail check is only a hint (a close
+            # frame could sit inside the last record's value).
+            with publish.Directory(beside) as directory:
+                existing = publish.inspect_existing(directory, name, rep.rid)
+            if existing.kind == "complete":
+                rep.output = os.path.join(beside, name)
+                rep.outcome = "already_complete"
+                self._mark("already_complete", name)
+                return
+            self.problem(f"the journal was closed after ARTIQ wrote its "
+                         f"results file, but {name} is now "
+                         f"{existing.detail or existing.kind}: rebuilding it "
+                         "from the journal", "warning")
+        result = self._replay()
+        state = result.state
+        failed = state.stage if state.stage in STAGES_WITHOUT_RESULTS \
+            else state.close_reason if state.closed \
+            and state.close_reason in STAGES_WITHOUT_RESULTS else None
+        # A damaged journal may have lost the stages after its damage:
+        # then what can be trusted is published, flagged.
+        if failed is not None and not rep.data_lost:
+            self.problem(f"{failed.replace('_failed', '')}() raised: ARTIQ "
+                         "writes no results file for such a run, so none is "
+                         f"made; its {result.last_seq} records stay in the "
+                         "journal ('artiq-journal inspect')", "info")
+            rep.outcome = "no_results_expected"
             return
-        result = None
-        if self._file_name() is None:
-            # The name comes from the run info inside the journal.
-            result = self._replay()
         name = self._file_name()
         if name is None:
             self.problem("cannot name the results file: the directory is "
@@ -188,34 +288,44 @@ class _Recovery:
                          "record was not recovered")
             rep.outcome = "failed"
             return
-        beside = os.path.join(os.path.dirname(self.path), name)
-        target = self._target(name)
-        rep.output = target
-        if self.out_dir is not None and \
-                publish.inspect_existing(beside, rep.rid).kind == "complete":
-            rep.output, rep.outcome = beside, "already_complete"
-            return
-        existing = publish.inspect_existing(target, rep.rid)
-        if self._settled(existing, target):
-            return
-        if result is None:
-            result = self._replay()
-        if result.clean_close and not rep.data_lost:
-            rep.outcome = "skipped_clean"
-            return
+        target_dir = self._target_dir()
+        rep.output = os.path.join(target_dir, name)
+        if self.out_dir is not None:
+            with publish.Directory(os.path.dirname(self.path)) as beside:
+                if publish.inspect_existing(beside, name,
+                                            rep.rid).kind == "complete":
+                    rep.output = os.path.join(os.path.dirname(self.path),
+                                              name)
+                    rep.outcome = "already_complete"
+                    return
         if self.dry_run:
+            if os.path.isdir(target_dir):
+                with publish.Directory(target_dir) as directory:
+                    if self._settled(publish.inspect_existing(
+                            directory, name, rep.rid), name):
+                        return
             rep.outcome = "dry_run"
             rep.would_be = "recovered_partial" if rep.data_lost \
                 else "recovered"
             return
-        self._write_and_publish(result, target, existing)
+        if rep.rid is None:
+            self.problem("rid unknown (no run info, directory not named "
+                         "<rid>-<Class>.journal)")
+            rep.outcome = "failed"
+            return
+        publish.makedirs_durable(target_dir)
+        with publish.Directory(target_dir) as directory:
+            existing = publish.inspect_existing(directory, name, rep.rid)
+            if self._settled(existing, name):
+                return
+            self._write_and_publish(result, directory, name, existing)
 
-    def _settled(self, existing: publish.ExistingFile, target: str) -> bool:
+    def _settled(self, existing: publish.ExistingFile, name: str) -> bool:
         """Handle an existing file that needs nothing more; True if so."""
         rep = self.run_report
         if existing.kind == "complete":
             rep.outcome = "already_complete"
-            self._mark("already_complete", target)
+            self._mark("already_complete", name)
             return True
         if existing.kind == "recovered" and \
                 existing.fingerprint == self.fingerprint:
@@ -227,13 +337,15 @@ class _Recovery:
             rep.snapshot = attrs.get("snapshot") or None
             rep.snapshot_note = attrs.get("snapshot_reason", "")
             rep.stage = attrs.get("stage") or None
+            rep.problems[:] = [p for p in rep.problems
+                               if p.severity == "info"]
             rep.problems.extend(existing.problems)
-            self._mark("already_recovered", target)
+            self._mark("already_recovered", name)
             return True
         if existing.kind != "missing":
-            self.problem(f"{target}: existing file is not a complete "
-                         f"results file ({existing.detail}); it will be "
-                         "kept aside", "info")
+            self.problem(f"{name}: existing {existing.detail}; it will be "
+                         "kept aside, not overwritten", "warning"
+                         if existing.kind == "special" else "info")
         return False
 
     def _replay(self) -> ReplayResult:
@@ -254,6 +366,10 @@ class _Recovery:
             self.problem(f"{result.records_untrusted} intact records after "
                          "the damage were left out: records before them are "
                          "missing, so their effect cannot be trusted")
+        if state.closed and state.close_reason != CLOSE_RESULTS_WRITTEN:
+            self.problem(f"the journal was closed without ARTIQ's results "
+                         f"file ({state.close_reason or 'no reason'}): "
+                         "recovering it", "info")
         info = state.run_info
         if info is None:
             self.problem("run-info record not recovered: expid, start time "
@@ -261,24 +377,27 @@ class _Recovery:
         else:
             if rep.rid is not None and info["rid"] != rep.rid:
                 self.problem(f"directory name says rid {rep.rid}, run info "
-                             f"says {info['rid']}; using {info['rid']}",
+                             f"says {info['rid']}; using {rep.rid}",
                              "warning")
-            rep.rid, rep.class_name = info["rid"], info["class_name"]
+            else:
+                rep.rid = info["rid"]
+            if rep.class_name is None:
+                rep.class_name = info["class_name"]
         rep.records_applied = result.records_applied
         rep.records_untrusted = result.records_untrusted
         rep.last_seq = state.last_seq
-        rep.stage = state.stage
+        rep.stage = state.stage if isinstance(state.stage, str) else None
         rep.snapshot = result.snapshot.name if result.snapshot else None
         rep.snapshot_note = result.snapshot_note
         self.result = result
         return result
 
     def _file_name(self) -> str | None:
-        base = os.path.basename(os.path.normpath(self.path))
-        if parse_journal_name(base) is not None:
+        name = self._expected_name()
+        if name is not None:
             # Beside the journal, as its name says: right even when the run
             # info was lost or the tree was moved.
-            return base[:-len(JOURNAL_SUFFIX)] + ".h5"
+            return name
         info = self.result.state.run_info if self.result is not None \
             else None
         if info is None:
@@ -289,29 +408,26 @@ class _Recovery:
             # the journal's directory ("../x" must not escape it).
             if isinstance(name, str) and name.endswith(".h5") \
                     and not name.startswith(".") and "\0" not in name \
-                    and os.path.basename(name) == name and "/" not in name:
+                    and os.path.basename(name) == name and "/" not in name \
+                    and len(name.encode("utf-8", "surrogateescape")) < 256:
                 return name
         return None
 
-    def _target(self, name: str) -> str:
+    def _target_dir(self) -> str:
+        here = os.path.dirname(self.path)
         if self.out_dir is None:
-            return os.path.join(os.path.dirname(self.path), name)
-        rel = os.path.relpath(os.path.dirname(self.path), self.found.root)
+            return here
+        rel = os.path.relpath(here, self.found.root)
         if rel == os.curdir or rel.startswith(os.pardir):
-            return os.path.join(self.out_dir, name)
-        return os.path.join(self.out_dir, rel, name)
+            return self.out_dir
+        return os.path.join(self.out_dir, rel)
 
     # -- writing --------------------------------------------------------------
 
-    def _write_and_publish(self, result: ReplayResult, target: str,
+    def _write_and_publish(self, result: ReplayResult,
+                           directory: publish.Directory, name: str,
                            existing: publish.ExistingFile) -> None:
         rep = self.run_report
-        if rep.rid is None:
-            self.problem("rid unknown (no run info, directory not named "
-                         "<rid>-<Class>.journal)")
-            rep.outcome = "failed"
-            return
-        publish.makedirs_durable(os.path.dirname(target))
         info = RecoveryInfo(
             journal=self.path, rid=rep.rid, fingerprint=self.fingerprint,
             records_applied=result.records_applied,
@@ -321,31 +437,67 @@ class _Recovery:
             snapshot_note=result.snapshot_note,
             problems=list(rep.problems))
         if self.lock is not None:
-            publish.remove_stale_temp_files(target)
-        tmp = publish.temp_path_for(target)
+            directory.remove_stale_temps(name)
+        fd, tmp = directory.create_temp(name, self.owner)
         try:
-            rep.problems += write_results_file(tmp, result.state, info,
-                                               output_name=target)
+            with os.fdopen(fd, "w+b") as fobj:
+                rep.problems += write_results_file(
+                    fobj, result.state, info,
+                    output_name=directory.join(name))
+                fobj.flush()
+                # Data durable before the name appears: a power loss must
+                # not leave a named but empty results file.
+                os.fsync(fobj.fileno())
             if existing.kind != "missing":
-                rep.moved_aside = publish.move_aside(target)
-            publish.publish_atomically(tmp, target)
+                rep.moved_aside = directory.join(directory.move_aside(name))
+            try:
+                directory.publish(tmp, name)
+            except FileExistsError:
+                if not self._lost_race(directory, name, tmp):
+                    raise
+                return
         finally:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
+            directory.unlink(tmp)
         rep.outcome = "recovered_partial" if rep.data_lost else "recovered"
-        self._mark(rep.outcome, target)
+        self._mark(rep.outcome, name)
 
-    def _mark(self, outcome: str, target: str) -> None:
+    def _lost_race(self, directory: publish.Directory, name: str,
+                   tmp: str) -> bool:
+        """Another recovery (``--output``, no lock) published ``name``
+        first: the same journal content means the same file -- done.
+        Otherwise its file is kept aside and ours published."""
+        now = publish.inspect_existing(directory, name, self.run_report.rid)
+        if now.kind == "recovered" and now.fingerprint == self.fingerprint:
+            self.run_report.outcome = "already_recovered"
+            return True
+        self.run_report.moved_aside = directory.join(
+            directory.move_aside(name))
+        directory.publish(tmp, name)
+        rep = self.run_report
+        rep.outcome = "recovered_partial" if rep.data_lost else "recovered"
+        self._mark(rep.outcome, name)
+        return True
+
+    def _mark(self, outcome: str, name: str) -> None:
         """Write the done marker (results tree only, never in dry run or
         with ``output``).  After publishing, so a marker always points at
-        an existing file."""
+        an existing file.  A marker that cannot be written (disk full)
+        loses nothing: the next recovery checks the results file again."""
         if not self.in_place:
             return
         marker = publish.read_marker(self.path)
         if marker and marker.get("fingerprint") == self.fingerprint \
-                and marker.get("results_file") == os.path.basename(target):
+                and marker.get("results_file") == name:
             return  # already says so: writing again would change nothing
-        publish.write_marker(self.path, {
-            "outcome": outcome, "results_file": os.path.basename(target),
-            "fingerprint": self.fingerprint,
-            "last_seq": self.run_report.last_seq, "marked_at": _now()})
+        try:
+            publish.write_marker(self.path, {
+                "outcome": outcome, "results_file": name,
+                "fingerprint": self.fingerprint,
+                "last_seq": self.run_report.last_seq, "marked_at": _now()},
+                self.owner)
+        except (OSError, JournalError) as exc:
+            self.problem(f"results file in place, but the done marker "
+                         f"cannot be written ({getattr(exc, 'strerror', None) or exc}); "
+                         "a later artiq-recover checks the file again",
+                         "warning", os.path.join(self.path,
+                                                 publish.MARKER_NAME))

@@ -18,6 +18,12 @@ from typing import Any
 #: ``recovered_partial``  results file written, but some data was lost or
 #:                        could not be stored (see the problems)
 #: ``skipped_live``       the journal's writer is alive (lock held)
+#: ``skipped_locked``     the lock is held by a process that is not the
+#:                        writer the journal names (reported: pid, user)
+#: ``skipped_unknown``    whether a writer is alive cannot be told (lock
+#:                        file unreadable or not a regular file)
+#: ``no_results_expected`` build() or prepare() raised: ARTIQ writes no
+#:                        results file for such a run, so none is made
 #: ``skipped_clean``      the journal was closed cleanly, or holds no file
 #:                        at all: nothing to recover
 #: ``already_complete``   ARTIQ's own results file is complete; left alone
@@ -27,12 +33,14 @@ from typing import Any
 #: ``dry_run``            ``dry_run=True``: would be recovered (``would_be``
 #:                        says whether fully or partially); nothing written
 OUTCOMES = ("recovered", "recovered_partial", "skipped_live",
-            "skipped_clean", "already_complete", "already_recovered",
+            "skipped_locked", "skipped_unknown", "skipped_clean",
+            "no_results_expected", "already_complete", "already_recovered",
             "failed", "dry_run")
 
 #: Outcomes that leave nothing for the user to do.
 FINE_OUTCOMES = frozenset({"recovered", "skipped_live", "skipped_clean",
-                           "already_complete", "already_recovered"})
+                           "no_results_expected", "already_complete",
+                           "already_recovered"})
 
 #: ``info``: expected or harmless (torn tail after a crash, escaped name);
 #: ``warning``: all data kept but stored differently than ARTIQ would;
