@@ -1,75 +1,35 @@
-"""The vendored ARTIQ trees of each release, extracted (tests only).
+"""The vendored ARTIQ of each release, for tests that run its processes
+(a real ``artiq_master``, ARTIQ's own test suites).
 
-``tree("7")``, ``tree("8")``, ``tree("master")``: the directory holding
-``artiq/`` and ``sipyco/`` of ARTIQ release-7, release-8 or master, from
-``<repo>/../shared/vendor/{artiq7-src,artiq8-src,artiq-src}.tar.gz``
-(``ARTIQ_JOURNAL_VENDOR_DIR`` overrides the directory).  Each tarball is
-extracted once per session-independent cache key (mtime, size) into
-``<tmp>/artiq-journal-trees-<uid>/`` and renamed into place only when
-complete.  ``require(release)`` skips the calling test when the tarball is
-absent or ARTIQ's worker does not import with the installed dependencies
+``tree(release)`` (``"7"``, ``"8"``, ``"master"``) is
+:func:`artiq_vendor.path` (extracted once from ``../shared/vendor``).
+``require(release)`` skips the calling test when the tarball is absent or
+ARTIQ's master and worker do not import with the installed dependencies
 (checked in a subprocess, so several releases never share one
-interpreter).
+interpreter).  ``hook_site``/``child_env`` give a child process the hook
+the way an installed package loads it.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
+
+import artiq_vendor
 
 RELEASES = ("7", "8", "master")
-_TOP = {"7": "artiq7-src", "8": "artiq8-src", "master": "artiq-src"}
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(_REPO, "src")
 PTH = os.path.join(SRC, "artiq_journal", "worker_hooks",
                    "artiq_journal_autoload.pth")
 
 
-def vendor_dir() -> str:
-    return os.environ.get("ARTIQ_JOURNAL_VENDOR_DIR") or os.path.join(
-        os.path.dirname(_REPO), "shared", "vendor")
-
-
-def _is_tree(directory: str) -> bool:
-    return all(os.path.isdir(os.path.join(directory, p))
-               for p in ("artiq", "sipyco"))
-
-
-@functools.lru_cache(maxsize=None)
 def tree(release: str) -> str:
     """The extracted tree of ``release``; FileNotFoundError if absent."""
-    top = _TOP[release]
-    archive = os.path.join(vendor_dir(), top + ".tar.gz")
-    st = os.stat(archive)
-    cache = os.path.join(tempfile.gettempdir(),
-                         f"artiq-journal-trees-{os.getuid()}")
-    final = os.path.join(cache, f"{top}-{st.st_mtime_ns}-{st.st_size}")
-    result = os.path.join(final, top)
-    if _is_tree(result):
-        return result
-    os.makedirs(cache, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix="extracting-", dir=cache)
-    try:
-        with tarfile.open(archive) as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(staging, filter="data")
-            else:
-                tar.extractall(staging)
-        if not _is_tree(os.path.join(staging, top)):
-            raise FileNotFoundError(f"{archive}: no {top}/artiq, sipyco")
-        try:
-            os.rename(staging, final)  # atomic: none or a complete tree
-        except OSError:
-            if not _is_tree(result):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return result
+    return artiq_vendor.path(release)
 
 
 @functools.lru_cache(maxsize=None)

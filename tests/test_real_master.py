@@ -11,7 +11,10 @@ master's control port with our own RPC client
 * (b) worker SIGKILLed mid-run: ``artiq-recover`` (the installed console
   script) writes the file with every acknowledged point;
 * (c) master SIGKILLed while the worker finishes ``run()`` alone: nobody
-  writes a results file; ``artiq-recover`` must write it with all points;
+  writes a results file; ``artiq-recover`` writes it with all points (its
+  journal was closed ``no_results``: only ``results_written`` is clean);
+* persisted datasets the killed master never saved are written back into
+  its dataset DB with ``artiq-journal persist-datasets``;
 * (d) a new master on the same tree after (b)/(c): a new run gets a fresh
   RID, ``artiq-journal resume RID --master`` resumes the crashed run
   through it (the master assigns the RID), and ``artiq-recover`` then has
@@ -211,9 +214,6 @@ def test_worker_sigkill_then_artiq_recover_has_every_acknowledged_point(
     assert ys == [i * i for i in range(len(ys))]
 
 
-@pytest.mark.xfail(strict=True, reason="recovery skips a journal closed "
-                   "'no_results' as clean; only a 'results_written' close "
-                   "should count as clean (the lead's fix in recovery/)")
 def test_master_sigkill_worker_finishes_alone_then_recover_writes_all(
         master_env):
     release, workdir, make_master = master_env
