@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .journal.constants import (REC_APPEND, REC_ARCHIVE, REC_CHECKPOINT,
-                                REC_CLOSE, REC_MUTATE, REC_RESUMED_FROM,
-                                REC_RUN_INFO, REC_SET, REC_STAGE)
+                                REC_CLOSE, REC_HEARTBEAT, REC_MUTATE,
+                                REC_RESUMED_FROM, REC_RUN_INFO, REC_SET,
+                                REC_STAGE)
 from .state import DatasetState
 
 #: Stage names in the order a run goes through them.
@@ -40,6 +41,9 @@ class RunState:
     closed: bool = False
     close_reason: str | None = None
     last_seq: int = 0
+    #: Unix time of the last heartbeat record (the writer's process was
+    #: alive then); heartbeats change nothing else.  Not in snapshots.
+    last_heartbeat: float | None = None
 
     def apply(self, seq: int, rtype: int, payload: Any) -> None:
         """Apply one decoded record.  Raises BadRecord, and nothing else,
@@ -188,6 +192,15 @@ def _resumed_from(st: RunState, p: Any) -> None:
     st.resumed_from = p
 
 
+def _heartbeat(st: RunState, p: Any) -> None:
+    # [unix_time, ...]: later fields, if a future writer adds any, are
+    # ignored.  A no-op for the datasets.
+    if not isinstance(p, list) or not p or isinstance(p[0], bool) \
+            or not isinstance(p[0], (int, float)):
+        raise BadRecord("heartbeat is not [unix_time, ...]")
+    st.last_heartbeat = float(p[0])
+
+
 def _close(st: RunState, p: Any) -> None:
     (reason,) = _fields(p, 1)
     st.closed = True
@@ -204,4 +217,5 @@ _HANDLERS = {
     REC_CHECKPOINT: _checkpoint,
     REC_RESUMED_FROM: _resumed_from,
     REC_CLOSE: _close,
+    REC_HEARTBEAT: _heartbeat,
 }

@@ -14,7 +14,8 @@ from .. import __version__
 from ..errors import JournalError
 
 #: (module, verbs) in the order they appear in --help.
-VERB_MODULES = ("verify", "run", "persist", "demo")
+VERB_MODULES = ("verify", "export", "ls", "status", "gc", "doctor", "run",
+                "persist", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

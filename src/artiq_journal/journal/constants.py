@@ -48,6 +48,7 @@ REC_ARCHIVE = 6       # [key, value]   (get(key, archive=True))
 REC_CHECKPOINT = 7    # [user_state]   (a snapshot covering it follows)
 REC_RESUMED_FROM = 8  # {"rid":..., "seq":..., "journal":...}
 REC_CLOSE = 9         # [reason]       (writer closed: nothing follows)
+REC_HEARTBEAT = 10    # [unix_time]    (the writer's process is alive; no-op)
 
 #: The one close reason that says the data is elsewhere: ARTIQ's results
 #: file was written, read back (same rid) and fsynced before the close.
@@ -72,6 +73,7 @@ RECORD_TYPE_NAMES = {
     REC_CHECKPOINT: "checkpoint",
     REC_RESUMED_FROM: "resumed_from",
     REC_CLOSE: "close",
+    REC_HEARTBEAT: "heartbeat",
 }
 
 # --- checkpoint (snapshot) files -------------------------------------------------

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptSnapshot, NoSnapshot, NotAJournal, NotRegularFile
-from . import lock as journal_lock
 from .constants import (CLOSE_RESULTS_WRITTEN, DEFAULT_MAX_RECORD_BYTES,
                         FORMAT_VERSION, REC_CLOSE, SEGMENT_HEADER_SIZE,
                         SNAPSHOT_NAME, SNAPSHOT_NEW, SNAPSHOT_OLD)
+from .liveness import probe_lock
 from .framing import decode_segment_header, parse_segment_name
 from .reader import (Diagnostic, JournalReader, Position, check_position,
                      list_segments)
@@ -38,6 +38,11 @@ PAYLOAD_WIDTH = 80
 #: Nesting depth beyond which values are shown as an ellipsis (msgpack
 #: allows deeper nesting than ``repr`` or ``json`` can recurse through).
 _MAX_DEPTH = 32
+#: Lists longer than this are summarised (length, element types, min/max
+#: and the first few items), never listed in full.
+LONG_LIST = 16
+#: Items of a long list shown as its head.
+_HEAD_ITEMS = 4
 #: Ints wider than this are rendered in hex: ``str()`` of a huge int raises
 #: ValueError (sys.int_info.default_max_str_digits) and JSON readers lose
 #: precision beyond 64 bits anyway.
@@ -85,7 +90,8 @@ def summarize(path: str | os.PathLike, *, records: bool = False,
               max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> dict:
     """Everything ``verify`` and ``inspect`` report about ``path``.
 
-    Read-only (the lock probe takes and drops the lock if it is free).
+    Read-only (the lock probe reads /proc/locks; only where that is
+    missing does it take and drop the lock if it is free).
     Never raises on damaged content; raises NotAJournal for a path that is
     not a journal.  With ``records`` the result holds one entry per record
     (at most ``limit``) with a JSON-safe payload and a one-line description.
@@ -167,7 +173,7 @@ def summarize(path: str | os.PathLike, *, records: bool = False,
                        and os.path.normpath(d.path)
                        != os.path.normpath(journal_dir)]
 
-    live = journal_lock.is_locked(journal_dir)
+    live = probe_lock(journal_dir).held
     writer_closed = reader.clean_close and close_reason is not None
     # "Clean" promises the data is elsewhere: only a close after ARTIQ's
     # results file was verified says so.  Any other close leaves the
@@ -329,7 +335,17 @@ def _describe(value: Any, depth: int, budget: list[int]) -> str:
     if budget[0] <= 0 or depth > _MAX_DEPTH:
         return "…"
     if isinstance(value, np.ndarray):
-        text = f"ndarray({value.dtype.str}, shape={tuple(value.shape)})"
+        text = f"ndarray({value.dtype.str}, shape={tuple(value.shape)}"
+        bounds = _bounds(value)
+        if bounds is not None:
+            text += f", min={bounds[0]!r}, max={bounds[1]!r}"
+        text += ")"
+    elif isinstance(value, list) and len(value) > LONG_LIST:
+        info = _list_info(value)
+        text = f"list(len={len(value)}, {'|'.join(info['types'])}"
+        if "min" in info:
+            text += f", min={info['min']!r}, max={info['max']!r}"
+        text += ")"
     elif isinstance(value, np.generic):
         text = _bounded_repr(value, budget[0])
     elif isinstance(value, bool) or value is None:
@@ -399,9 +415,13 @@ def jsonable(value: Any, _depth: int = 0) -> Any:
     if _depth > _MAX_DEPTH:
         return "…"
     if isinstance(value, np.ndarray):
-        return {"ndarray": {"dtype": value.dtype.str,
-                            "shape": list(value.shape)},
-                "preview": _array_preview(value)}
+        out = {"ndarray": {"dtype": value.dtype.str,
+                           "shape": list(value.shape)},
+               "preview": _array_preview(value)}
+        bounds = _bounds(value)
+        if bounds is not None:
+            out["min"], out["max"] = jsonable(bounds[0]), jsonable(bounds[1])
+        return out
     if isinstance(value, np.generic):
         try:
             item = value.item()
@@ -422,6 +442,14 @@ def jsonable(value: Any, _depth: int = 0) -> Any:
         return {"bytes": len(value), "hex": bytes(value[:64]).hex()
                 + ("…" if len(value) > 64 else "")}
     if isinstance(value, list):
+        if len(value) > LONG_LIST:
+            info = _list_info(value)
+            out = {"list": {"length": len(value), "types": info["types"]},
+                   "head": [jsonable(v, _depth + 1)
+                            for v in value[:_HEAD_ITEMS]]}
+            if "min" in info:
+                out["min"], out["max"] = info["min"], info["max"]
+            return out
         return [jsonable(v, _depth + 1) for v in value]
     if isinstance(value, tuple):
         return {"tuple": [jsonable(v, _depth + 1) for v in value]}
@@ -431,6 +459,40 @@ def jsonable(value: Any, _depth: int = 0) -> Any:
         return {"map": [[jsonable(k, _depth + 1), jsonable(v, _depth + 1)]
                         for k, v in value.items()]}
     return _bounded_repr(value, 200)
+
+
+def _bounds(array: np.ndarray) -> tuple[Any, Any] | None:
+    """(min, max) of a non-empty numeric array as Python scalars (NaNs
+    ignored); None for other dtypes or all-NaN."""
+    if array.size == 0 or array.dtype.kind not in "biuf":
+        return None
+    try:
+        with np.errstate(all="ignore"):
+            if array.dtype.kind == "f":
+                if np.isnan(array).all():
+                    return None
+                return np.nanmin(array).item(), np.nanmax(array).item()
+            return array.min().item(), array.max().item()
+    except (ValueError, TypeError):
+        return None
+
+
+def _list_info(items: list) -> dict:
+    """Element type names of a long list and, if every element is a real
+    number (bool excluded), its finite min and max."""
+    types = sorted({type(v).__name__ for v in items})
+    info: dict[str, Any] = {"types": types}
+    if all(isinstance(v, (int, float, np.integer, np.floating))
+           and not isinstance(v, (bool, np.bool_)) for v in items):
+        finite = [v for v in items if not isinstance(v, (float, np.floating))
+                  or math.isfinite(v)]
+        if finite:
+            low, high = min(finite), max(finite)
+            info["min"] = jsonable(low.item() if isinstance(low, np.generic)
+                                   else low)
+            info["max"] = jsonable(high.item() if isinstance(high, np.generic)
+                                   else high)
+    return info
 
 
 def _array_preview(array: np.ndarray) -> str:

@@ -178,31 +178,40 @@ def _user_name(uid: int) -> str:
         return str(uid)
 
 
-def holder_of(fd: int) -> dict | None:
-    """The process holding an flock on the file of ``fd``, from
-    ``/proc/locks`` (Linux); None where that table is not available."""
+def proc_lock_holders(dev: int, ino: int) -> list[int] | None:
+    """pids holding an flock on the file ``(dev, ino)``, from the kernel's
+    lock table (``/proc/locks``, Linux); None where that table is not
+    available.  Reading it takes no lock: monitoring never disturbs a
+    writer."""
     try:
-        st = os.fstat(fd)
         with open(_PROC_LOCKS, encoding="ascii", errors="replace") as f:
             lines = f.read(1 << 22).splitlines()
     except OSError:
         return None
+    want = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    pids = []
     for line in lines:
         fields = line.split()
         # "1: FLOCK  ADVISORY  WRITE 12345 08:01:123456 0 EOF"; a waiting
-        # lock is shown as "1: -> FLOCK ..." and is not the holder.
-        if len(fields) < 6 or fields[1] != "FLOCK":
+        # lock is shown as "1: -> FLOCK ..." and is not a holder.
+        if len(fields) < 6 or fields[1] != "FLOCK" or fields[5] != want:
             continue
         try:
-            pid = int(fields[4])
-            major, minor, inode = fields[5].split(":")
-            inode = int(inode)
-            dev = os.makedev(int(major, 16), int(minor, 16))
+            pids.append(int(fields[4]))
         except ValueError:
             continue
-        if inode == st.st_ino and dev == st.st_dev:
-            return describe_pid(pid)
-    return None
+    return pids
+
+
+def holder_of(fd: int) -> dict | None:
+    """The process holding an flock on the file of ``fd`` (pid, user,
+    command), or None when unknown."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    pids = proc_lock_holders(st.st_dev, st.st_ino)
+    return describe_pid(pids[0]) if pids else None
 
 
 def describe_pid(pid: int) -> dict:

@@ -149,11 +149,11 @@ def write_snapshot(journal_dir: str, seq: int, state: Any, *,
     old_path = os.path.join(journal_dir, SNAPSHOT_OLD)
     step = "create"
     try:
-        if not os.path.exists(cur_path) and os.path.exists(new_path):
+        if not os.path.lexists(cur_path) and os.path.lexists(new_path):
             try:
                 read_snapshot_file(new_path)
-            except (CorruptSnapshot, OSError):
-                pass  # incomplete: nothing depends on it
+            except (CorruptSnapshot, NotRegularFile, OSError):
+                pass  # incomplete or not ours: nothing depends on it
             else:
                 # A rotation died between its renames: checkpoint.new is
                 # the newest snapshot.  Finish that rotation, or truncating
@@ -186,7 +186,7 @@ def write_snapshot(journal_dir: str, seq: int, state: Any, *,
         finally:
             ops.close(fd)
         step = "rename"
-        if os.path.exists(cur_path):
+        if os.path.lexists(cur_path):
             ops.rename(cur_path, old_path)
         ops.rename(new_path, cur_path)
         if sync:

@@ -256,6 +256,20 @@ def inspect_existing(directory: Directory, name: str, rid: int | None, *,
                             f"{type(exc).__name__}: {exc}")
 
 
+def inspect_path(path: str, rid: int | None, *,
+                 read_data: bool = True) -> ExistingFile:
+    """:func:`inspect_existing` for a path (its directory is opened
+    without following a symlink at its last component)."""
+    try:
+        with Directory(os.path.dirname(os.path.abspath(path))) as directory:
+            return inspect_existing(directory, os.path.basename(path), rid,
+                                    read_data=read_data)
+    except (OSError, NotRegularFile) as exc:
+        return ExistingFile("missing" if isinstance(exc, FileNotFoundError)
+                            else "partial", f"its directory cannot be "
+                            f"opened: {getattr(exc, 'strerror', None) or exc}")
+
+
 def _read_dataset(name: str, obj: Any) -> None:
     if isinstance(obj, h5py.Dataset):
         obj[()]

@@ -202,6 +202,7 @@ def attach(dataset_mgr: Any, *, rid: int, expid: dict, class_name: str,
             path, fsync=fsync,
             group_interval=(env.group_interval if group_interval is None
                             else group_interval),
+            heartbeat_interval=env.heartbeat_interval,
             ops=OS_FILE_OPS if dir_fsync else NoDirFsyncOps())
         live = LiveJournal(
             dataset_mgr, writer, run_info, on_error=on_error,

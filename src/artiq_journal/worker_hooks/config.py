@@ -46,6 +46,10 @@ inherits the master's environment), or of ``artiq-journal run``.
                                many seconds passed since the last one
                                (default ``120``); see
                                :mod:`.attach` ("Snapshot policy").
+``ARTIQ_JOURNAL_HEARTBEAT_S``  a live writer appends a heartbeat record this
+                               often (default ``10``; ``0``/``off``: none),
+                               so ``artiq-journal status`` tells a run
+                               waiting on hardware from a frozen one.
 ``ARTIQ_JOURNAL_RESUME``       rid or journal path of an earlier run for
                                ``JournalResumable.resume_state`` when the
                                experiment's ``resume_from`` argument is
@@ -87,6 +91,7 @@ ENV_KEEP = "ARTIQ_JOURNAL_KEEP"
 ENV_ON_ERROR = "ARTIQ_JOURNAL_ON_ERROR"
 ENV_SNAPSHOT_S = "ARTIQ_JOURNAL_SNAPSHOT_S"
 ENV_RESUME = "ARTIQ_JOURNAL_RESUME"
+ENV_HEARTBEAT_S = "ARTIQ_JOURNAL_HEARTBEAT_S"
 
 FSYNC_CHOICES = ("always", "group", "never")
 ON_ERROR_CHOICES = ("stop", "continue")
@@ -96,6 +101,7 @@ DEFAULT_GROUP_MS = 5.0
 DEFAULT_KEEP = False
 DEFAULT_ON_ERROR = "stop"
 DEFAULT_SNAPSHOT_S = 120.0
+DEFAULT_HEARTBEAT_S = 10.0
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
@@ -111,6 +117,8 @@ class JournalConfig:
     keep: bool = DEFAULT_KEEP
     on_error: str = DEFAULT_ON_ERROR
     snapshot_interval: float = DEFAULT_SNAPSHOT_S
+    #: Seconds between heartbeat records; None: no heartbeats.
+    heartbeat_interval: float | None = DEFAULT_HEARTBEAT_S
     resume: str | None = None
     #: Human-readable problems with the environment (defaults were used).
     problems: tuple[str, ...] = field(default=(), compare=False)
@@ -177,6 +185,11 @@ def from_env(environ: Mapping[str, str] | None = None) -> JournalConfig:
         problems.append(f"{ENV_ENABLE}={env.get(ENV_ENABLE)!r} is not 0/1; "
                         "journaling stays off")
     resume = (env.get(ENV_RESUME) or "").strip() or None
+    heartbeat: float | None = DEFAULT_HEARTBEAT_S
+    if (env.get(ENV_HEARTBEAT_S) or "").strip().lower() in ("0", "off"):
+        heartbeat = None
+    else:
+        heartbeat = positive(ENV_HEARTBEAT_S, DEFAULT_HEARTBEAT_S)
     return JournalConfig(
         enabled=bool(on),
         fsync=choice(ENV_FSYNC, FSYNC_CHOICES, DEFAULT_FSYNC),
@@ -184,6 +197,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> JournalConfig:
         keep=flag(ENV_KEEP, DEFAULT_KEEP),
         on_error=choice(ENV_ON_ERROR, ON_ERROR_CHOICES, DEFAULT_ON_ERROR),
         snapshot_interval=positive(ENV_SNAPSHOT_S, DEFAULT_SNAPSHOT_S),
+        heartbeat_interval=heartbeat,
         resume=resume,
         problems=tuple(problems),
     )

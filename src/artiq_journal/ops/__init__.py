@@ -1,0 +1,3 @@
+"""Operating journals from the outside: list them, tell live from dead and
+working from hung, prune finished ones, check the installation.  Read-only
+towards live writers (see ``journal/liveness.py``)."""
