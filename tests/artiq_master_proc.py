@@ -150,13 +150,23 @@ class RealMaster:
                 if "artiq.master.worker_impl" in cmdline(p) and alive(p)]
 
     def wait_worker(self, timeout: float = 30.0) -> int:
+        """The worker running an experiment: the one whose working
+        directory is under results/ (ARTIQ's build() chdirs there).  The
+        master also starts workers that only examine the repository's
+        files; under load they overlap with a run."""
         deadline = time.monotonic() + timeout
+        results = os.path.join(os.path.realpath(self.workdir), "results")
         while time.monotonic() < deadline:
-            found = self.workers()
-            if found:
-                return found[0]
+            for pid in self.workers():
+                try:
+                    cwd = os.readlink(f"/proc/{pid}/cwd")
+                except OSError:
+                    continue
+                if cwd.startswith(results + os.sep):
+                    return pid
             time.sleep(0.05)
-        raise AssertionError(f"no worker appeared:\n{self.log()}")
+        raise AssertionError(f"no worker running an experiment:\n"
+                             f"{self.log()}")
 
     def kill(self) -> None:
         """SIGKILL the master process alone (its workers live on)."""

@@ -182,7 +182,8 @@ def _kill_worker_mid_run(master: RealMaster, workdir, progress: str,
     worker = master.wait_worker()
     os.kill(worker, signal.SIGKILL)
     deadline = time.monotonic() + TIMEOUT
-    while alive(worker) and time.monotonic() < deadline:
+    while alive(worker):
+        assert time.monotonic() < deadline, "SIGKILLed worker still alive"
         time.sleep(0.02)
     return rid, _acknowledged(progress)
 
@@ -207,8 +208,9 @@ def test_worker_sigkill_then_artiq_recover_has_every_acknowledged_point(
     assert _files(workdir, f"{rid:09d}-*.h5") == []
     proc = _recover(workdir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (h5,) = _files(workdir, f"{rid:09d}-Scan.h5")
-    ys = _ys(h5)
+    found = _files(workdir, f"{rid:09d}-Scan.h5")
+    assert len(found) == 1, f"artiq-recover wrote no file: {proc.stdout}"
+    ys = _ys(found[0])
     # every acknowledged point, in order; at most the one in flight more
     assert len(ys) in (acknowledged, acknowledged + 1)
     assert ys == [i * i for i in range(len(ys))]
@@ -228,7 +230,8 @@ def test_master_sigkill_worker_finishes_alone_then_recover_writes_all(
     while alive(worker):
         assert time.monotonic() < deadline, "worker did not finish"
         time.sleep(0.05)
-    assert _acknowledged(progress) == n  # run() completed without a master
+    # run() completed without a master
+    assert _acknowledged(progress) == n, master.log()
     assert _files(workdir, f"{rid:09d}-*.h5") == []  # nobody wrote results
     proc = _recover(workdir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
