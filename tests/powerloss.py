@@ -46,6 +46,8 @@ import random
 import shutil
 import tempfile
 import threading
+
+import h5py
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -490,10 +492,10 @@ class JournalDriver:
         self._mark()
         return seq
 
-    def close(self) -> None:
+    def close(self, reason: str = "closed") -> None:
         self.expect.intend_record(self.writer.last_seq + 1, REC_CLOSE,
-                                  ["closed"])
-        self.writer.close()
+                                  [reason])
+        self.writer.close(reason)
         self._mark()
 
 
@@ -510,7 +512,8 @@ class Outcome:
 
 
 def check_state(journal_dir: str, mark: dict, expect: Expectations, *,
-                strict: bool = True, reopen: bool = False) -> Outcome:
+                strict: bool = True, reopen: bool = False,
+                recover_into: str | None = None) -> Outcome:
     """The promise, checked on one materialized crash state.
 
     * every record up to ``mark["durable_seq"]`` is read back trusted with
@@ -589,9 +592,41 @@ def check_state(journal_dir: str, mark: dict, expect: Expectations, *,
         out.false_alarms += 1
         if strict:
             bad(f"legal crash state reported as damage: {errors[0]}")
+    if recover_into is not None and result.last_seq > 0:
+        _check_recover(journal_dir, recover_into, result.last_seq, expect,
+                       out)
     if reopen:
         _check_reopen(journal_dir, max(durable, last), expect, out)
     return out
+
+
+def _check_recover(journal_dir: str, out_dir: str, last: int,
+                   expect: Expectations, out: Outcome) -> None:
+    """``artiq-recover`` publishes every record replay trusts -- also when
+    the journal ends in a close that does not say ARTIQ's results file
+    holds the data (``closed`` is no promise)."""
+    from artiq_journal.recovery import recover
+    try:
+        report = recover([journal_dir], output=out_dir)
+    except Exception as exc:  # noqa: BLE001
+        _raised(out, "recover", exc)
+        return
+    (run,) = report.runs
+    if run.outcome not in ("recovered", "recovered_partial") or \
+            not run.output or not os.path.exists(run.output):
+        out.violations.append(f"recover: outcome {run.outcome} for a "
+                              f"journal holding seq 1..{last}")
+        out.lost_acknowledged = True
+        return
+    with h5py.File(run.output, "r") as f:
+        # HDF5 fixed-length strings drop trailing NULs, on both sides.
+        got = {k: bytes(v[()]).rstrip(b"\0")
+               for k, v in f["datasets"].items()}
+    want = {k: bytes(v).rstrip(b"\0")
+            for k, v in _expected_local(expect, last).items()}
+    if got != want:
+        out.violations.append("recovered file differs from the records up "
+                              f"to seq {last}")
 
 
 def _known_false_alarm(diagnostic) -> bool:
@@ -642,7 +677,7 @@ def _check_reopen(journal_dir: str, last: int, expect: Expectations,
         out.violations.append(f"reopen continued at seq {seq}, expected "
                               f"{last + 1}")
     result = replay(journal_dir)
-    if result.last_seq != seq + 1 or not result.clean_close:
+    if result.last_seq != seq + 1 or not result.state.closed:
         out.violations.append(f"after reopen, replay ends at seq "
                               f"{result.last_seq} (expected {seq + 1}, "
                               "closed)")
@@ -693,7 +728,8 @@ def simulate(rec: RecordingFileOps, expect: Expectations, journal: str, *,
              workers: int = 2, seed: int = 0, samples: int = 24,
              exhaustive_limit: int = 64, strict: bool = True,
              reopen_every: int = 0, max_violations: int = 20,
-             zero_fill: bool = False) -> Report:
+             zero_fill: bool = False, check_recover: bool = False
+             ) -> Report:
     """Check every distinct crash state of ``rec.log``.
 
     ``journal`` is the journal directory relative to ``rec.root``.
@@ -704,7 +740,8 @@ def simulate(rec: RecordingFileOps, expect: Expectations, journal: str, *,
     _JOB.update(rec=rec, expect=expect, journal=journal, seed=seed,
                 samples=samples, exhaustive_limit=exhaustive_limit,
                 strict=strict, reopen_every=reopen_every, workers=workers,
-                max_violations=max_violations, zero_fill=zero_fill)
+                max_violations=max_violations, zero_fill=zero_fill,
+                check_recover=check_recover)
     if workers <= 1:
         return _simulate_share(0)
     ctx = multiprocessing.get_context("fork")
@@ -737,7 +774,9 @@ def _simulate_share(share: int) -> Report:
             every = job["reopen_every"]
             out = check_state(os.path.join(root, job["journal"]), state.mark,
                               job["expect"], strict=job["strict"],
-                              reopen=bool(every) and len(seen) % every == 0)
+                              reopen=bool(every) and len(seen) % every == 0,
+                              recover_into=os.path.join(root, "recovered")
+                              if job["check_recover"] else None)
             report.states += 1
             report.acknowledged_checked += out.acknowledged_checked
             report.false_alarms += out.false_alarms

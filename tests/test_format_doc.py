@@ -346,6 +346,11 @@ class DocReader:
         with open(file, "rb") as f:
             self.data = data = f.read()
         size = len(data)
+        if start_offset is not None and \
+                self.position_wrong(data, size, start_offset):
+            self.diag("snapshot_ahead", file, start_offset)
+            self.rescan = True
+            return
         head = data[:32]
         header = self.check_header(head)
         if not isinstance(header, tuple):
@@ -367,13 +372,7 @@ class DocReader:
         if header and header[1] > self.next_seq:
             self.diag("gap", file, 16, seq=header[1])
             self.trusting, self.next_seq = False, header[1]
-        o = 32
-        if start_offset is not None:
-            if self.position_wrong(data, size, start_offset):
-                self.diag("snapshot_ahead", file, start_offset)
-                self.rescan = True
-                return
-            o = start_offset
+        o = 32 if start_offset is None else start_offset
         self.budget0 = self.factor * max(size - o, 0) + self.extra
         self.budget = self.budget0
         self.scan(file, size, o, is_last)

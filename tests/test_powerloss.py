@@ -16,8 +16,9 @@ import random
 import pytest
 
 from artiq_journal.errors import JournalError, NoSnapshot
-from artiq_journal.journal.constants import (REC_SET, SNAPSHOT_NAME,
-                                             SNAPSHOT_NEW, SNAPSHOT_OLD)
+from artiq_journal.journal.constants import (REC_RUN_INFO, REC_SET, REC_STAGE,
+                                             SNAPSHOT_NAME, SNAPSHOT_NEW,
+                                             SNAPSHOT_OLD)
 from artiq_journal.journal.reader import JournalReader
 from artiq_journal.journal.snapshot import load_snapshot, read_snapshot_file
 from artiq_journal.journal.writer import JournalWriter
@@ -337,6 +338,30 @@ def test_fsync_never_sync_and_close_make_everything_durable(tmp_path):
     drive_appends(rec, expect, 30, seed=8, fsync="never", sync_every=10)
     report = simulate(rec, expect, JOURNAL, workers=WORKERS, strict=False)
     assert report.lost_states == 0, report.violations[0]
+
+
+def test_a_close_without_results_is_recovered_in_every_crash_state(
+        tmp_path, capsys):
+    # Issue 12: "closed" promises nothing unless ARTIQ's results file holds
+    # the data.  In every crash state -- before, during and after the
+    # close record -- artiq-recover publishes every record replay trusts.
+    report = Report()
+    for run in range(SCALE):
+        rec = _recorder(tmp_path, f"run-{run}")
+        expect = Expectations()
+        journal = "000000001-Scan.journal"
+        driver = JournalDriver(rec, expect, os.path.join(rec.root, journal),
+                               fsync="always", segment_bytes=SEGMENT_BYTES)
+        driver.append(REC_RUN_INFO, {"rid": 1, "class_name": "Scan"})
+        driver.append(REC_STAGE, ["run", 1.0])
+        rng = random.Random(700 + run)
+        for _ in range(12):
+            driver.append(REC_SET, _dataset(rng, driver.writer.last_seq + 1))
+        driver.close("no_results")
+        report.add(simulate(rec, expect, journal, workers=WORKERS, seed=run,
+                            samples=12, exhaustive_limit=32,
+                            check_recover=True))
+    _report(capsys, "close without results", report)
 
 
 def test_zero_filled_new_segment_is_a_torn_tail(tmp_path):

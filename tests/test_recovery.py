@@ -997,3 +997,21 @@ def test_replay_pauses_the_cyclic_gc_and_restores_it(tmp_path):
         assert not gc.isenabled()     # left as the caller had it
     finally:
         gc.enable()
+
+
+def test_marker_is_trusted_only_while_the_results_file_is_unchanged(
+        tmp_path):
+    j = sample_journal(tmp_path)
+    h5 = os.path.join(os.path.dirname(j.path), "000000042-Exp.h5")
+    artiq_write_results(h5, j.model, 42)
+    assert [r.outcome for r in recover(tmp_path).runs] == \
+        ["already_complete"]
+    # Someone truncates ARTIQ's file after it was checked: the marker no
+    # longer describes it, so it is looked at again and the journal's data
+    # lands (the damaged file kept aside).
+    with open(h5, "r+b") as f:
+        f.truncate(100)
+    (run,) = recover(tmp_path).runs
+    assert run.outcome == "recovered" and run.moved_aside
+    with h5py.File(h5, "r") as f:
+        assert list(f["datasets/counts"][()]) == [i * 10 for i in range(20)]

@@ -615,6 +615,8 @@ class Model:
                                             payload["class_name"])
                                     if rtype == REC_RUN_INFO
                                     else ("stage", payload[0]))
+        elif rtype == REC_CLOSE:
+            self.record_log[seq] = (rtype, None)   # any reason will do
         else:
             self.record_log[seq] = (rtype, digest(payload))
         p = copy.deepcopy(payload)
@@ -653,7 +655,7 @@ class Model:
                 del self.cp_states[min(self.cp_states)]
         elif rtype == REC_RESUMED_FROM:
             self.resumed_from = p
-        elif rtype != REC_STAGE:
+        elif rtype not in (REC_STAGE, REC_CLOSE):
             raise AssertionError(f"model: unexpected record type {rtype}")
 
     def _target(self, key: str) -> Any:
@@ -1111,7 +1113,13 @@ def fresh_run_ops(rid: int, seed: int, points: int) -> list[Op]:
         _set_op("trace", [], {}, False, False, True),
         Op("checkpoint", ({"i": 0, "phase": (0, "start")},),
            [(REC_CHECKPOINT, [{"i": 0, "phase": (0, "start")}])]),
-    ] + scan_points(seed, 0, points)
+    ] + scan_points(seed, 0, points) + [CLOSE_WITHOUT_RESULTS]
+
+
+#: A run that ends without ARTIQ's results file (e.g. its master died): the
+#: journal is closed, but "closed" promises nothing -- recovery must still
+#: publish every acknowledged op.
+CLOSE_WITHOUT_RESULTS = Op("close", (), [(REC_CLOSE, ["no_results"])])
 
 
 def resumed_run_ops(rid: int, seed: int, points: int, source: "RunRecord"
@@ -1134,7 +1142,8 @@ def resumed_run_ops(rid: int, seed: int, points: int, source: "RunRecord"
     user_state = dict(cp.checkpoint)
     ops.append(Op("checkpoint", (user_state,),
                   [(REC_CHECKPOINT, [user_state])]))
-    return ops + scan_points(seed, user_state["i"], points)
+    return ops + scan_points(seed, user_state["i"], points) + \
+        [CLOSE_WITHOUT_RESULTS]
 
 
 @dataclass
@@ -1195,6 +1204,13 @@ def experiment_child(cfg: ExperimentConfig, plan: KillPlan,
             ledger.begin(i)
             ops_layer.phase = "snapshot"
             live.checkpoint(op.args[0])
+        elif op.kind == "close":
+            ledger.begin(i)
+            ops_layer.phase = "close"
+            live.close()    # no verified results file: reason no_results
+            ledger.ack(i, live.writer.last_seq)
+            i += 1
+            continue
         else:
             raise AssertionError(f"unknown op {op.kind}")
         ledger.ack(i, live.writer.last_seq)

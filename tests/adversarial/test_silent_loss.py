@@ -223,8 +223,9 @@ def _rewrite_position(journal: str, segment: int, offset: int) -> None:
         f.write(encode_snapshot(snap.seq, codec.pack(body)))
 
 
-def test_snapshot_position_past_the_segment_end_drops_nothing(tmp_path):
-    j = Journal(journal_dir(tmp_path))
+def _journal_with_snapshot_in_the_middle(root) -> Journal:
+    """Twenty appends to ``x``, a snapshot after the tenth, crashed."""
+    j = Journal(journal_dir(root))
     j.stage("run", 1.0)
     j.op("set", "x", [], {}, False, False, True)
     for i in range(10):
@@ -233,6 +234,11 @@ def test_snapshot_position_past_the_segment_end_drops_nothing(tmp_path):
     for i in range(10, 20):
         j.op("append_to", "x", i)
     j.crash()
+    return j
+
+
+def test_snapshot_position_past_the_segment_end_drops_nothing(tmp_path):
+    j = _journal_with_snapshot_in_the_middle(tmp_path)
     seg = os.path.join(j.path, "segment-1.log")
     _rewrite_position(j.path, 1, os.path.getsize(seg) + 4096)
     report = recover(tmp_path)
@@ -249,15 +255,7 @@ def test_snapshot_position_past_the_segment_end_drops_nothing(tmp_path):
 
 
 def test_segment_cut_below_the_snapshot_position_is_reported(tmp_path):
-    j = Journal(journal_dir(tmp_path))
-    j.stage("run", 1.0)
-    j.op("set", "x", [], {}, False, False, True)
-    for i in range(10):
-        j.op("append_to", "x", i)
-    j.snapshot()
-    for i in range(10, 20):
-        j.op("append_to", "x", i)
-    j.crash()
+    j = _journal_with_snapshot_in_the_middle(tmp_path)
     seg = os.path.join(j.path, "segment-1.log")
     os.truncate(seg, 100)          # the records after the snapshot: gone
     report = recover(tmp_path)

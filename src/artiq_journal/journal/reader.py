@@ -228,6 +228,15 @@ class JournalReader:
         with f:
             try:
                 size = os.fstat(f.fileno()).st_size
+                if start_offset is not None:
+                    # The snapshot's position is checked before anything
+                    # else in its segment: a segment cut below it (even
+                    # below its header) lost records the snapshot saw.
+                    if not self._position_ok(f, seg_path, start_offset,
+                                             size):
+                        self._rescan = True
+                        return
+                    f.seek(0)
                 head = f.read(SEGMENT_HEADER_SIZE)
                 try:
                     header = decode_segment_header(head)
@@ -277,13 +286,6 @@ class JournalReader:
                     self._next_seq = header.first_seq
                 offset = SEGMENT_HEADER_SIZE
                 if start_offset is not None:
-                    if not self._position_ok(f, seg_path, start_offset,
-                                             size):
-                        # Read the segments from the first one instead:
-                        # records up to the snapshot's seq are skipped as
-                        # covered, and what is missing shows as a gap.
-                        self._rescan = True
-                        return
                     offset = start_offset
                 self._resync_budget = (_RESYNC_BUDGET_FACTOR
                                        * max(size - offset, 0)

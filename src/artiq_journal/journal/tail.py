@@ -13,6 +13,7 @@ what cannot be seen is None.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +21,10 @@ from . import codec
 from .constants import (RECORD_HEADER, RECORD_HEADER_SIZE, RECORD_TYPE_NAMES,
                         SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER,
                         SNAPSHOT_HEADER_SIZE, SNAPSHOT_MAGIC, SNAPSHOT_NAME)
+from ..errors import NotRegularFile
 from .framing import crc32, decode_segment_header
 from .reader import list_segments
+from .safefile import open_regular_file
 
 #: Bytes read at each end by default.
 DEFAULT_WINDOW = 64 * 1024
@@ -118,9 +121,22 @@ def _decode(records: list[TailRecord], data: bytes, base: int) -> None:
 
 
 def _read(path: str, start: int, size: int) -> bytes:
-    with open(path, "rb") as f:
+    # Never through a symlink, never blocking on a FIFO (section 3 of
+    # FORMAT.md): NotRegularFile is reported as an OSError here.
+    try:
+        f = open_regular_file(path)
+    except NotRegularFile as exc:
+        raise OSError(str(exc)) from None
+    with f:
         f.seek(start)
         return f.read(size)
+
+
+def _size(path: str) -> int:
+    st = os.stat(path, follow_symlinks=False)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(f"{path}: not a regular file")
+    return st.st_size
 
 
 def read_head(seg_path: str, window: int = DEFAULT_WINDOW
@@ -168,7 +184,7 @@ def read_tail(seg_path: str, window: int = DEFAULT_WINDOW
     being written); and whether damage was seen (intact records after bytes
     that are none, inside the window)."""
     try:
-        size = os.stat(seg_path).st_size
+        size = _size(seg_path)
         base = max(SEGMENT_HEADER_SIZE, size - window)
         data = _read(seg_path, base, size - base)
     except OSError:

@@ -20,7 +20,10 @@ Layout (ARTIQ's ``worker_impl.write_results``, see ``ARTIQ_API.md``):
   problem).  Datasets: ``problems`` (one ``"file:offset: reason"`` string
   each), ``problem_detail`` (parallel: the JSON text ``[file, offset,
   reason, severity]``), when a name had to be escaped ``escaped_names``,
-  and when a value could not be stored at all ``unstored``.
+  when a value could not be stored at all ``unstored``, and when the crash
+  cut a scan point ``partial_point`` (PYON ``{key: value}`` of the entries
+  set aside; attribute ``missing``: JSON list of the point's keys never
+  appended; see ``points.py``).
 
 The guard makes two differences from ARTIQ, both reported as problems:
 
@@ -89,6 +92,10 @@ class RecoveryInfo:
     snapshot_note: str = ""
     #: Problems found so far (journal damage); storage problems are added.
     problems: list[Problem] = field(default_factory=list)
+    #: Entries of a scan point the crash cut, set aside (points.py):
+    #: ``{key: value}``, and the keys of that point never appended.
+    partial_point: dict | None = None
+    partial_point_missing: list = field(default_factory=list)
 
 
 def needs_escape(name: str) -> bool:
@@ -497,6 +504,13 @@ def _journal_group(f: h5py.File, state: RunState, info: RecoveryInfo,
     if sink.unstored:
         g["unstored"] = _string_array(
             [printable(u, PROBLEM_TEXT_MAX) for u in sink.unstored])
+    if info.partial_point:
+        text = _as_pyon(info.partial_point)
+        if text is not None:
+            g["partial_point"] = text
+            g["partial_point"].attrs["missing"] = json.dumps(
+                info.partial_point_missing)
+            g["partial_point"].attrs[ENCODING_ATTR] = "pyon"
 
 
 def write_results_file(target: Any, state: RunState, info: RecoveryInfo, *,

@@ -111,6 +111,41 @@ def _pyon_fields(rid: int, expid: Any) -> dict:
     return fields
 
 
+#: Largest experiment file hashed at run start (a file bigger than this is
+#: not an experiment; the run is journaled without the hash).
+EXPERIMENT_HASH_MAX_BYTES = 16 << 20
+
+
+def experiment_fingerprint(expid: Any) -> dict:
+    """``experiment_file`` (absolute path) and ``experiment_sha256`` of the
+    file the run executes, so that a resume can tell whether the code it
+    is about to run is the code that made the checkpoint.  Empty when the
+    file cannot be read as a regular file (ARTIQ with ``content`` in the
+    expid, a repository file gone, ...).  Never raises."""
+    import hashlib
+    from ..journal.safefile import open_regular
+    file = expid.get("file") if isinstance(expid, dict) else None
+    if not isinstance(file, str) or not file:
+        return {}
+    try:
+        path = os.path.abspath(file)
+        fd = open_regular(path)
+        try:
+            if os.fstat(fd).st_size > EXPERIMENT_HASH_MAX_BYTES:
+                return {}
+            digest = hashlib.sha256()
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break
+                digest.update(chunk)
+        finally:
+            os.close(fd)
+    except Exception:  # noqa: BLE001 - only a better resume check needs it
+        return {}
+    return {"experiment_file": path, "experiment_sha256": digest.hexdigest()}
+
+
 def attach(dataset_mgr: Any, *, rid: int, expid: dict, class_name: str,
            results_dir: str | os.PathLike, fsync: str = "group",
            pipeline_name: str | None = "main", priority: int | None = 0,
@@ -186,6 +221,7 @@ def attach(dataset_mgr: Any, *, rid: int, expid: dict, class_name: str,
         "artiq_adapter": adapter.name,
     }
     run_info.update(_pyon_fields(rid, expid))
+    run_info.update(experiment_fingerprint(expid))
     durable = fsync != "never" and dir_fsync
     try:
         path, moved = claim_journal_dir(results_dir, rid, class_name,

@@ -1,0 +1,137 @@
+"""Scan frameworks append one value per point to several datasets in turn
+(ndscan: ``points.axis_0``, ``points.channel_*``).  A kill between those
+appends must not leave the recovered arrays out of step: the cut point is
+set aside in ``artiq_journal/partial_point`` and stated, never silently
+dropped or mixed in (issue 13, item 10)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import pytest
+
+from artiq_journal import pyon
+from artiq_journal.recovery import recover
+from test_recovery import SRC, Journal, journal_dir
+
+KEYS = ("points.axis_0", "points.channel_counts", "points.channel_fit")
+
+SCAN = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from artiq_journal.runner.datasets import DatasetDB, DatasetManager
+from artiq_journal.worker_hooks.attach import attach
+
+import os, signal
+results, acks, keys, checkpoints = sys.argv[2], sys.argv[3], \
+    sys.argv[4].split(","), sys.argv[5] == "1"
+die_after = int(sys.argv[6])      # appends; 0: wait to be killed
+mgr = DatasetManager(DatasetDB())
+live = attach(mgr, rid=3, expid={"file": "scan.py", "arguments": {}},
+              class_name="NdScan", results_dir=results, fsync="never")
+live.stage("run")
+for key in keys:
+    mgr.set(key, [], {}, True, False, True)     # broadcast + archived
+with open(acks, "w") as ack:
+    for i in range(100000):
+        for n, key in enumerate(keys):
+            mgr.append_to(key, i * 10 + n)
+            ack.write(f"{key} {i * 10 + n}\n")
+            ack.flush()
+            die_after -= 1
+            if die_after == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+        if checkpoints:
+            live.checkpoint({"i": i + 1})
+"""
+
+
+def _run_and_kill(tmp_path, seed: int, checkpoints: bool,
+                  die_after: int = 0):
+    results = str(tmp_path / "results" / "2026-01-01" / "10")
+    os.makedirs(results)
+    acks = str(tmp_path / "acks")
+    child = subprocess.Popen([sys.executable, "-c", SCAN, SRC, results, acks,
+                              ",".join(KEYS), "1" if checkpoints else "0",
+                              str(die_after)])
+    if not die_after:
+        rng = random.Random(seed)
+        time.sleep(0.3 + rng.random() * 0.5)
+        child.send_signal(signal.SIGKILL)
+    child.wait()
+    acked: dict = {key: [] for key in KEYS}
+    with open(acks) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 2:
+                acked[parts[0]].append(int(parts[1]))
+    return str(tmp_path / "results"), acked
+
+
+@pytest.mark.parametrize("seed,checkpoints,die_after", [
+    (1, False, 0), (2, True, 0), (3, False, 0), (4, True, 0),
+    (5, False, 3 * 137 + 1), (6, True, 3 * 211 + 2)])
+def test_a_point_cut_by_sigkill_is_set_aside_and_arrays_stay_in_step(
+        tmp_path, seed, checkpoints, die_after):
+    root, acked = _run_and_kill(tmp_path, seed, checkpoints, die_after)
+    report = recover(root)
+    (run,) = report.runs
+    assert run.outcome == "recovered", run.problems
+    with h5py.File(run.output, "r") as f:
+        got = {key: list(f["datasets"][key][()]) for key in KEYS}
+        lengths = {len(v) for v in got.values()}
+        assert len(lengths) == 1, {k: len(v) for k, v in got.items()}
+        whole = lengths.pop()
+        partial = f["artiq_journal"].get("partial_point")
+        aside = pyon.decode(partial[()].decode() if isinstance(
+            partial[()], bytes) else partial[()]) if partial else {}
+    # Nothing acknowledged is lost: whole points in the arrays, the cut
+    # point's entries aside (the one in flight may or may not have landed).
+    for key in KEYS:
+        journaled = got[key] + ([aside[key]] if key in aside else [])
+        assert journaled[:len(acked[key])] == acked[key], key
+        assert len(journaled) - len(acked[key]) <= 1, key   # in flight
+        assert journaled[:whole] == got[key]
+    if aside:
+        assert any("cut the last scan point" in p.reason
+                   for p in run.problems)
+    if die_after:        # killed itself inside a point: must be set aside
+        assert len(aside) == die_after % len(KEYS)
+
+
+def test_a_journal_ending_on_a_whole_point_is_left_alone(tmp_path):
+    j = Journal(journal_dir(tmp_path))
+    j.stage("run", 1.0)
+    for key in KEYS:
+        j.op("set", key, [], {}, True, False, True)
+    for i in range(5):
+        for key in KEYS:
+            j.op("append_to", key, i)
+    j.crash()
+    (run,) = recover(tmp_path).runs
+    with h5py.File(run.output, "r") as f:
+        assert "partial_point" not in f["artiq_journal"]
+        assert {len(f["datasets"][k]) for k in KEYS} == {5}
+
+
+def test_lists_that_are_not_one_scan_are_never_trimmed(tmp_path):
+    # x started with one entry more; both grow by one per point: the
+    # lengths differ, but the longer list is not the one appended last.
+    j = Journal(journal_dir(tmp_path))
+    j.stage("run", 1.0)
+    j.op("set", "x", [0], {}, False, False, True)
+    j.op("set", "y", [], {}, False, False, True)
+    for i in range(5):
+        j.op("append_to", "x", i)
+        j.op("append_to", "y", i)
+    j.crash()
+    (run,) = recover(tmp_path).runs
+    with h5py.File(run.output, "r") as f:
+        assert len(f["datasets/x"]) == 6 and len(f["datasets/y"]) == 5
+        assert "partial_point" not in f["artiq_journal"]
