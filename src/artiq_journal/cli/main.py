@@ -15,7 +15,7 @@ from ..errors import JournalError
 
 #: (module, verbs) in the order they appear in --help.
 VERB_MODULES = ("verify", "export", "ls", "status", "gc", "doctor", "run",
-                "demo")
+                "persist", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,9 +24,12 @@ from typing import Any
 
 from .. import pyon
 from ..runner import RunResult, start_experiment
-from ..runner.resume import (ResumeSource,
+from ..master_client import parse_address
+from ..runner.resume import (RESUME_ARGUMENT, ResumeSource,
                              find_resume_source, journal_of_run,
-                             resumed_from_of, start_resumed_experiment)
+                             refuse_if_master_owns, resumed_from_of,
+                             start_resumed_experiment,
+                             submit_resume_to_master)
 from ..worker_hooks import config as hook_config
 from ..worker_hooks.resume import (RESUMED_FROM_DATASET)
 
@@ -92,8 +95,19 @@ Finds RID's journal (RESULTS/*/*/<rid:09>-*.journal), and starts a NEW run
 datasets of RID's last checkpoint from self.resume_state() and continues
 from there; the new results file records journal.resumed_from.
 
-exit status: 0 the resumed run completed; 1 it did not, or RID cannot be
-resumed (no journal, no checkpoint, still running); 2 usage error.
+Under a running ARTIQ master, use --master HOST[:PORT] (its control port,
+3251 by default): the run's original expid (file, class, arguments,
+log level, repo_rev) is submitted to the master's scheduler with the
+original pipeline and priority, plus the argument resume_from = the
+journal's path relative to RESULTS; the master assigns the RID and runs
+it.  Without --master the built-in runner runs it here, taking the RID from
+last_rid.pyon beside RESULTS under a lock (as ARTIQ's master does); it
+refuses when a live artiq_master has RESULTS' parent as its working
+directory, since the master would hand out the same RID again.
+
+exit status: 0 the resumed run completed (with --master: was submitted);
+1 it did not, or RID cannot be resumed (no journal, no checkpoint, still
+running, a master owns RESULTS, the master refused); 2 usage error.
 """
 
 
@@ -143,8 +157,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=RESUME_EPILOG)
     resume.add_argument("rid", type=int, metavar="RID",
                         help="run id of the earlier run")
+    resume.add_argument("--master", metavar="HOST[:PORT]",
+                        help="submit the resumed run to this ARTIQ master "
+                             "(control port, default 3251) instead of "
+                             "running it here")
     _add_common(resume)
     resume.set_defaults(func=_cmd_resume)
+
+
+def _resume_through_master(source: ResumeSource, host: str, port: int,
+                           args: argparse.Namespace) -> int:
+    rid, expid = submit_resume_to_master(source, host, port,
+                                         dict(args.arguments))
+    resume_from = expid["arguments"][RESUME_ARGUMENT]
+    if args.json:
+        print(json.dumps({"rid": rid, "master": f"{host}:{port}",
+                          "resumed_rid": source.rid, "seq": source.seq,
+                          "resume_from": resume_from,
+                          "pipeline_name": source.pipeline_name,
+                          "priority": source.priority,
+                          "expid": pyon.encode(expid)}))
+    else:
+        print(f"submitted to the master at {host}:{port} as RID {rid} "
+              f"(pipeline {source.pipeline_name!r}, priority "
+              f"{source.priority}), resume_from={resume_from}")
+    return EXIT_OK
 
 
 def _report(result: RunResult, journal_enabled: bool,
@@ -202,11 +239,20 @@ def _os_error(verb: str, exc: OSError) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    if args.master is not None:
+        try:
+            host, port = parse_address(args.master)
+        except ValueError as exc:
+            print(f"artiq-journal resume: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     source = find_resume_source(args.rid, args.results)
     out = sys.stderr if args.json else sys.stdout
     print(f"resuming RID {source.rid} ({source.class_name}) from its last "
           f"checkpoint: seq {source.seq}, state {source.checkpoint!r}\n"
           f"  journal {source.journal}", file=out)
+    if args.master is not None:
+        return _resume_through_master(source, host, port, args)
+    refuse_if_master_owns(args.results)
     try:
         running = start_resumed_experiment(
             source, args.results, dict(args.arguments), args.fsync,

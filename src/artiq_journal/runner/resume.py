@@ -8,6 +8,7 @@ Used by ``artiq-journal resume`` and the demo.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import glob
 import json
@@ -21,9 +22,12 @@ from ..worker_hooks.resume import (RESUMED_FROM_DATASET, load_checkpoint,
                                    locate_journal)
 from .. import pyon
 from .launch import RunningExperiment, start_experiment
+from .live_master import masters_owning
 
 __all__ = ["ResumeSource", "find_resume_source", "start_resumed_experiment",
-           "journal_of_run", "resumed_from_of", "RESUME_ARGUMENT"]
+           "journal_of_run", "resumed_from_of", "RESUME_ARGUMENT",
+           "MasterOwnsResults", "refuse_if_master_owns", "resume_expid",
+           "submit_resume_to_master"]
 
 #: The mixin's default argument naming the run to resume (resume.py).
 RESUME_ARGUMENT = "resume_from"
@@ -68,6 +72,11 @@ class ResumeSource:
     class_name: str
     #: The user state of that checkpoint (e.g. ``{"i": 12}``).
     checkpoint: Any
+    #: The run's pipeline and priority (ARTIQ's scheduler), from run_info.
+    pipeline_name: str = "main"
+    priority: int = 0
+    #: The results root the journal was found under (``results/``).
+    results_root: str = ""
 
 
 def find_resume_source(rid: int, results_dir: str) -> ResumeSource:
@@ -90,7 +99,72 @@ def find_resume_source(rid: int, results_dir: str) -> ResumeSource:
     return ResumeSource(rid=int(run_info.get("rid", rid)), seq=seq,
                         journal=path, expid=expid,
                         class_name=str(run_info.get("class_name")),
-                        checkpoint=state.checkpoint)
+                        checkpoint=state.checkpoint,
+                        pipeline_name=str(run_info.get("pipeline_name")
+                                          or "main"),
+                        priority=_int_or(run_info.get("priority"), 0),
+                        results_root=root)
+
+
+def _int_or(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and \
+        not isinstance(value, bool) else default
+
+
+class MasterOwnsResults(ResumeError):
+    """A live artiq_master writes into this results tree."""
+
+
+def refuse_if_master_owns(results_dir: str) -> None:
+    """Raise MasterOwnsResults if a live ``artiq_master`` has the parent of
+    ``results_dir`` as its working directory (see :mod:`.live_master`):
+    a run started beside it would take a RID the master hands out again."""
+    owners = masters_owning(results_dir)
+    if owners:
+        pids = ", ".join(str(m.pid) for m in owners)
+        raise MasterOwnsResults(
+            f"a live artiq_master (pid {pids}, found as a process running "
+            f"artiq_master whose working directory, /proc/<pid>/cwd, is "
+            f"{owners[0].cwd}) owns this results directory: a run started "
+            "here would take a RID the master hands out again.  Submit the "
+            "resume through it: artiq-journal resume RID --master "
+            "HOST[:PORT] (its control port, 3251 by default)",
+            path=os.path.abspath(results_dir))
+
+
+def resume_expid(source: ResumeSource, arguments: dict | None = None
+                 ) -> tuple[dict, str]:
+    """``(expid, resume_from)``: ``source``'s expid as the master ran it
+    (file, class_name, arguments, log_level, repo_rev, ...), ``arguments``
+    overriding some, with the argument ``resume_from`` set to the journal
+    path relative to the results root (valid wherever the master's worker
+    runs; ``JournalResumable`` resolves it against the results root)."""
+    expid = copy.deepcopy(source.expid)
+    run_arguments = dict(expid.get("arguments") or {})
+    run_arguments.update(arguments or {})
+    root = source.results_root or os.path.dirname(os.path.dirname(
+        os.path.dirname(source.journal)))
+    resume_from = os.path.relpath(source.journal, root)
+    if resume_from.startswith(os.pardir):
+        resume_from = source.journal
+    run_arguments[RESUME_ARGUMENT] = resume_from
+    expid["arguments"] = run_arguments
+    return expid, resume_from
+
+
+def submit_resume_to_master(source: ResumeSource, host: str, port: int,
+                            arguments: dict | None = None,
+                            timeout: float = 30.0) -> tuple[int, dict]:
+    """Submit a run resuming ``source`` to the ARTIQ master at
+    ``host:port`` (its control port), with the original pipeline and
+    priority; the master assigns the RID.  ``(rid, expid submitted)``.
+    MasterError when the master cannot be reached or refuses."""
+    from ..master_client import MasterClient  # only this verb needs it
+    expid, _ = resume_expid(source, arguments)
+    with MasterClient(host, port, timeout=timeout) as client:
+        rid = client.submit(source.pipeline_name, expid, source.priority,
+                            None, False)
+    return rid, expid
 
 
 def start_resumed_experiment(source: ResumeSource, results_dir: str,

@@ -170,7 +170,10 @@ def execute(job: dict) -> None:
                 if journal is not None:
                     journal.results_not_wanted()
                 return
-        with h5py.File(filename, "w") as f:
+        # "x": created exclusively -- an existing results file (a RID
+        # handed out twice) is never overwritten; the run fails instead and
+        # its journal is kept.
+        with h5py.File(filename, "x") as f:
             if storage is None:
                 dataset_mgr.write_hdf5(f)
             else:

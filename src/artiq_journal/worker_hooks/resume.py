@@ -20,7 +20,8 @@ dashboard shows it and ARTIQ's ``check_unprocessed_arguments`` accepts it.
 Its value is a rid (the journal is searched as
 ``<results>/*/*/<rid:09d>-*.journal``, where ``<results>`` is two levels
 above this run's results directory, i.e. ARTIQ's ``results/``) or the path
-of a journal directory.  Empty: the
+of a journal directory (a relative one is looked up under ``<results>``
+first).  Empty: the
 environment variable ``ARTIQ_JOURNAL_RESUME`` is used (for one-off runs such
 as ``artiq-journal resume``); empty too: a fresh run.
 
@@ -94,7 +95,15 @@ def locate_journal(source: str, results_root: str,
                               f"{', '.join(found)}; name one by its path",
                               path=results_root)
         return found[0]
+    # A relative path is relative to the results root (what
+    # ``artiq-journal resume --master`` submits: valid whatever
+    # results/<date>/<hour>/ the new run's worker runs in), else to the
+    # working directory.
     path = os.path.abspath(source)
+    if not os.path.isabs(source):
+        under_root = os.path.join(results_root, source)
+        if os.path.isdir(under_root):
+            path = os.path.abspath(under_root)
     if not os.path.isdir(path):
         raise ResumeError("not a journal directory", path=path)
     return path
