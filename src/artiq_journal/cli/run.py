@@ -26,7 +26,8 @@ from .. import pyon
 from ..runner import RunResult, start_experiment
 from ..master_client import parse_address
 from ..runner.resume import (RESUME_ARGUMENT, ResumeSource,
-                             find_resume_source, journal_of_run,
+                             experiment_check, find_resume_source,
+                             journal_of_run,
                              refuse_if_master_owns, resumed_from_of,
                              start_resumed_experiment,
                              submit_resume_to_master)
@@ -157,6 +158,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=RESUME_EPILOG)
     resume.add_argument("rid", type=int, metavar="RID",
                         help="run id of the earlier run")
+    resume.add_argument("--allow-changed", action="store_true",
+                        help="resume even when the experiment file changed "
+                             "since the earlier run (its SHA-256 recorded at "
+                             "run start differs)")
     resume.add_argument("--master", metavar="HOST[:PORT]",
                         help="submit the resumed run to this ARTIQ master "
                              "(control port, default 3251) instead of "
@@ -238,6 +243,12 @@ def _os_error(verb: str, exc: OSError) -> int:
     return EXIT_FAILED
 
 
+_VERDICT_TEXT = {"same": "the file that run executed",
+                 "changed": "CHANGED since that run",
+                 "unknown": "that run recorded no hash to compare",
+                 "missing": "cannot be read"}
+
+
 def _cmd_resume(args: argparse.Namespace) -> int:
     if args.master is not None:
         try:
@@ -247,9 +258,24 @@ def _cmd_resume(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     source = find_resume_source(args.rid, args.results)
     out = sys.stderr if args.json else sys.stdout
+    file, digest, verdict = experiment_check(source)
     print(f"resuming RID {source.rid} ({source.class_name}) from its last "
           f"checkpoint: seq {source.seq}, state {source.checkpoint!r}\n"
-          f"  journal {source.journal}", file=out)
+          f"  journal {source.journal}\n"
+          f"  experiment {file} (sha256 {digest or 'unreadable'}: "
+          f"{_VERDICT_TEXT[verdict]})", file=out)
+    if verdict == "missing":
+        print(f"artiq-journal resume: error: {file}: the experiment file "
+              "cannot be read", file=sys.stderr)
+        return EXIT_FAILED
+    if verdict == "changed" and not args.allow_changed:
+        print(f"artiq-journal resume: error: {file} changed since RID "
+              f"{source.rid} ran (sha256 then {source.experiment_sha256}, "
+              "now "
+              f"{digest}): its checkpoint may not mean the same to the new "
+              "code; pass --allow-changed to resume anyway",
+              file=sys.stderr)
+        return EXIT_FAILED
     if args.master is not None:
         return _resume_through_master(source, host, port, args)
     refuse_if_master_owns(args.results)

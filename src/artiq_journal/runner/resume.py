@@ -77,6 +77,8 @@ class ResumeSource:
     priority: int = 0
     #: The results root the journal was found under (``results/``).
     results_root: str = ""
+    #: SHA-256 of the experiment file when that run started (run_info).
+    experiment_sha256: "str | None" = None
 
 
 def find_resume_source(rid: int, results_dir: str) -> ResumeSource:
@@ -89,13 +91,7 @@ def find_resume_source(rid: int, results_dir: str) -> ResumeSource:
         raise ResumeError("no such results directory", path=root)
     path = locate_journal(str(rid), root)
     run_info, state, seq = load_checkpoint(path)
-    expid = run_info.get("expid")
-    if run_info.get("expid_pyon"):
-        # The journal stored repr() stand-ins; the PYON text is exact.
-        expid = pyon.decode(run_info["expid_pyon"])
-    if not isinstance(expid, dict) or not expid.get("file"):
-        raise ResumeError("run_info has no expid with the experiment file",
-                          path=path)
+    expid = _checked_expid(run_info, path)
     return ResumeSource(rid=int(run_info.get("rid", rid)), seq=seq,
                         journal=path, expid=expid,
                         class_name=str(run_info.get("class_name")),
@@ -103,7 +99,59 @@ def find_resume_source(rid: int, results_dir: str) -> ResumeSource:
                         pipeline_name=str(run_info.get("pipeline_name")
                                           or "main"),
                         priority=_int_or(run_info.get("priority"), 0),
-                        results_root=root)
+                        results_root=root,
+                        experiment_sha256=run_info.get("experiment_sha256")
+                        if isinstance(run_info.get("experiment_sha256"),
+                                      str) else None)
+
+
+def _checked_expid(run_info: dict, path: str) -> dict:
+    """The expid the journal names, checked to be one a run can be started
+    from; a journal may come from a damaged or hostile disk, so anything
+    else is a ResumeError naming the journal, never a traceback."""
+    expid = run_info.get("expid")
+    text = run_info.get("expid_pyon")
+    if isinstance(text, str) and text:
+        # The PYON text is exact where the journal stored stand-ins.
+        try:
+            expid = pyon.decode(text)
+        except Exception as exc:  # noqa: BLE001 - hostile text: say so
+            raise ResumeError(f"run_info's expid_pyon cannot be read "
+                              f"({type(exc).__name__}: {exc})",
+                              path=path) from None
+    problem = None
+    if not isinstance(expid, dict):
+        problem = "run_info has no expid map"
+    elif not isinstance(expid.get("file"), str) or not expid["file"] \
+            or "\0" in expid["file"]:
+        problem = "the expid names no experiment file"
+    elif not isinstance(expid.get("arguments", {}), dict):
+        problem = "the expid's arguments are not a map"
+    elif expid.get("class_name") is not None and \
+            not isinstance(expid["class_name"], str):
+        problem = "the expid's class_name is not a string"
+    if problem is not None:
+        raise ResumeError(f"{problem}; cannot start a run from it",
+                          path=path)
+    return expid
+
+
+def experiment_check(source: "ResumeSource") -> tuple[str, str | None, str]:
+    """``(file, sha256 now or None, verdict)`` for the experiment file a
+    resume would run: verdict ``same``, ``changed`` (it differs from the
+    file the checkpoint's run executed), ``unknown`` (that run recorded no
+    hash) or ``missing`` (the file cannot be read now)."""
+    from ..worker_hooks.attach import experiment_fingerprint
+    now = experiment_fingerprint(source.expid)
+    file = now.get("experiment_file") or os.path.abspath(
+        source.expid["file"])
+    digest = now.get("experiment_sha256")
+    if digest is None:
+        return file, None, "missing"
+    if source.experiment_sha256 is None:
+        return file, digest, "unknown"
+    return file, digest, ("same" if digest == source.experiment_sha256
+                          else "changed")
 
 
 def _int_or(value: Any, default: int) -> int:
