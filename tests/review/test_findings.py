@@ -1,0 +1,118 @@
+"""Findings of the independent review (branch ``review``).
+
+Each test reproduces one open finding and is marked
+``xfail(strict=True)``: it fails today, and turns CI red (XPASS) when the
+finding is fixed, so the mark must then be removed."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from test_recovery import Journal, journal_dir, sample_journal  # noqa: E402
+
+from artiq_journal.recovery import recover
+import importlib
+import sys
+
+importlib.import_module("artiq_journal.recovery.recover")
+recover_mod = sys.modules["artiq_journal.recovery.recover"]
+
+
+@pytest.mark.xfail(strict=True, reason='F1: results directory reopened by path; intermediate symlink swap redirects a root write outside the tree')
+def test_parent_directory_swapped_for_symlink_after_replay_does_not_redirect_the_write(
+        tmp_path, monkeypatch):
+    """F1: the results directory is reopened by *path* after the journal
+    was read; only its last component is opened O_NOFOLLOW.  A user who can
+    write the results tree swaps an intermediate directory for a symlink
+    after replay, and a root recovery creates (and chowns to that user)
+    <rid>-<Class>.h5 in any directory whose last component matches."""
+    root = tmp_path / "results"
+    # The attacker's journal lives at results/evil/etc/<rid>-<Class>.journal
+    jpath = os.path.join(str(root), "evil", "etc", "000000042-Exp.journal")
+    j = Journal(jpath, 42)
+    j.op("set", "x", 1, {}, False, False, True)
+    j.crash()
+    # A directory outside the results tree the attacker cannot write to
+    # (stands for /etc, or another user's private results directory).
+    outside = tmp_path / "outside"
+    (outside / "etc").mkdir(parents=True)
+
+    real_replay = recover_mod.replay
+
+    def replay_then_swap(path):
+        result = real_replay(path)
+        # The attacker wins the race between reading and writing.
+        os.rename(str(root / "evil"), str(root / "evil.old"))
+        os.symlink(str(outside), str(root / "evil"))
+        return result
+
+    monkeypatch.setattr(recover_mod, "replay", replay_then_swap)
+    recover(str(root))
+    assert os.listdir(str(outside / "etc")) == [], \
+        "root recovery wrote outside the results tree"
+
+
+@pytest.mark.xfail(strict=True, reason='F2: plan_names is quadratic in the components of a "/" name')
+def test_a_long_nested_dataset_name_does_not_stall_recovery(tmp_path):
+    """F2: plan_names() builds every prefix of a '/'-name (nests() and the
+    ``groups`` set): O(n^2) time and memory in the number of components.
+    One 32 KB name "a/a/.../a" in a crafted journal takes ~10 s, 64 KB
+    ~40 s; 1 MB takes hours and gigabytes, stalling the whole tree."""
+    root = tmp_path / "results"
+    j = Journal(journal_dir(root, 42), 42)
+    j.op("set", "/".join(["a"] * 16000), 1, {}, False, False, True)
+    j.crash()
+    started = time.monotonic()
+    report = recover(str(root))
+    elapsed = time.monotonic() - started
+    assert report.runs[0].outcome in ("recovered", "recovered_partial")
+    assert elapsed < 5, f"recovery of one 32 KB name took {elapsed:.0f} s"
+
+
+@pytest.mark.xfail(strict=True, reason='F3: points.py trims a real value when lists legitimately differ by one')
+def test_scan_ending_on_a_whole_point_keeps_every_value(tmp_path):
+    """F3: points.py takes "lists differ by one and the longer is the
+    last appended" as a cut point.  A scan whose lists legitimately differ
+    by one (here 'y' starts with a reference value) and whose journal ends
+    on a WHOLE point has its last real 'y' value removed from the dataset
+    (moved to artiq_journal/partial_point) although nothing was cut."""
+    import h5py
+    root = tmp_path / "results"
+    j = Journal(journal_dir(root, 42), 42)
+    j.op("set", "x", [], {}, True, False, True)
+    j.op("set", "y", [0.0], {}, True, False, True)   # reference value
+    for i in range(5):
+        j.op("append_to", "x", i)
+        j.op("append_to", "y", float(i) + 0.5)
+    j.crash()                                        # after a whole point
+    report = recover(str(root))
+    with h5py.File(report.runs[0].output, "r") as f:
+        y = list(f["datasets/y"][()])
+    assert y == [0.0, 0.5, 1.5, 2.5, 3.5, 4.5], y
+
+
+@pytest.mark.xfail(strict=True, reason='F4: any complete-looking file settles an orphan that never reached results_written')
+def test_planted_complete_looking_file_does_not_mark_an_orphan_done(tmp_path):
+    """F4: step 5 (_settled) takes any regular file with ARTIQ's layout and
+    the right rid as ARTIQ's own complete file, even when the journal never
+    reached results_written (no close, stage 'run').  Anyone who may create
+    a file in the run's directory (a sticky shared results tree) plants an
+    empty 'complete' <rid>-<Class>.h5 beside a crashed run: recovery reports
+    already_complete, exit 0, writes the done marker (which gc trusts), and
+    every journaled dataset is lost."""
+    import h5py
+    from artiq_journal.state import DatasetState
+    from test_recovery import artiq_write_results
+    h5_beside = lambda p: p[:-len(".journal")] + ".h5"  # noqa: E731
+    root = tmp_path / "results"
+    j = sample_journal(root, 42)                 # crashed during run()
+    artiq_write_results(h5_beside(j.path), DatasetState(warn=False), 42)
+    report = recover(str(root))
+    run = report.runs[0]
+    with h5py.File(h5_beside(j.path), "r") as f:
+        have = set(f["datasets"]) | set(f["archive"])
+    assert run.outcome != "already_complete" or "counts" in have, \
+        (run.outcome, report.exit_code, have)
