@@ -105,12 +105,19 @@ def needs_escape(name: str) -> bool:
     return name in ("", ".", "..") or "/" in name or "\0" in name
 
 
+#: A name is laid out as nested groups only up to these sizes (a crafted
+#: name of a million '/' must not cost quadratic time); beyond, escaped.
+MAX_NESTED_NAME = 1024
+MAX_NESTED_PARTS = 32
+
+
 def nests_like_artiq(name: str) -> bool:
     """True for a name with ``/`` that ARTIQ's ``group[name] = value``
     stores as nested groups ("a/b" -> group a, dataset b), and that stays
     inside its group that way: no empty, ``.`` or ``..`` component, no NUL,
     no leading ``/`` (which h5py would take from the file's root)."""
-    if "/" not in name or "\0" in name:
+    if "/" not in name or "\0" in name or len(name) > MAX_NESTED_NAME \
+            or name.count("/") >= MAX_NESTED_PARTS:
         return False
     parts = name.split("/")
     return all(part not in ("", ".", "..") for part in parts)

@@ -7,17 +7,20 @@ lists one entry longer than the others; readers of such files expect whole
 points.  Recovery therefore looks at the records that end the journal:
 
 * the operations of a scan repeat with a fixed period (the same sequence
-  of record types and dataset keys per point, checkpoints included);
-* the datasets appended in one period must all be lists whose lengths
-  differ by at most one, and the longer ones must be exactly the datasets
-  appended last, in the period's order (a prefix of one point).
+  of record types and dataset keys per point, checkpoints included), after
+  set-up records that do not repeat (``set`` of the lists, stages);
+* points begin where the repeating part begins, so the journal ends inside
+  a point exactly when the number of repeating records is not a multiple
+  of the period; the datasets that point appended (distinct lists) are the
+  cut point's.
 
-When both hold, the last entry of each longer list is the cut point's: it
-is removed from the datasets and kept aside (``artiq_journal/partial_point``
-in the recovered file), and the report says so.  Otherwise nothing is
-changed: this is framework-aware trimming by evidence, never a guess.
-Only the trusted records that replay applied are used (the journal's tail
-window, chained up to the last trusted sequence number).
+Then the last entry of each of those lists is removed from the datasets and
+kept aside (``artiq_journal/partial_point`` in the recovered file), and the
+report says so.  When the set-up is not in sight (the last 64 KiB, then the
+whole last segment, begin inside the scan) where a point begins is not
+known, and nothing is changed: trimming by evidence, never by a guess.
+Only the trusted records that replay applied are used (the journal's tail,
+chained up to the last trusted sequence number).
 """
 
 from __future__ import annotations
@@ -63,10 +66,10 @@ def _period(tokens: list) -> tuple[int, int] | None:
     return None
 
 
-def _trusted_tail(journal_dir: str, state: RunState) -> list:
+def _trusted_tail(journal_dir: str, state: RunState, window: int) -> list:
     """The tail records up to the last sequence number replay applied,
     contiguous; empty when the window does not reach it."""
-    view = look(journal_dir)
+    view = look(journal_dir, window)
     records = [r for r in view.tail if r.seq <= state.last_seq]
     if not records or records[-1].seq != state.last_seq:
         return []
@@ -93,45 +96,49 @@ def split_partial_point(journal_dir: str, state: RunState
     """Remove from ``state`` the entries of a scan point that the crash cut
     (see the module docstring) and return them; None when the journal ends
     on a whole point or no point structure can be seen."""
-    records = _trusted_tail(journal_dir, state)
+    for window in (DEFAULT_WINDOW, MAX_WINDOW):
+        found = _cut_point(journal_dir, state, window)
+        if found is not _UNKNOWN_PHASE:
+            return found
+    return None
+
+
+#: ``_cut_point``'s answer when the window shows no start of the scan.
+_UNKNOWN_PHASE = object()
+#: A second, larger look when the first window began inside the scan.
+DEFAULT_WINDOW = 64 << 10
+MAX_WINDOW = 64 << 20
+
+
+def _cut_point(journal_dir: str, state: RunState, window: int) -> Any:
+    records = _trusted_tail(journal_dir, state, window)
     tokens = [_token(r.rtype, r.payload) for r in records]
     found = _period(tokens)
     if found is None:
         return None
     period, start = found
-    tokens = tokens[start:]
-    cycle = tokens[-period:]
-    appended = [key for rtype, key in cycle if rtype == REC_APPEND]
+    if start == 0:
+        # The repeating part begins where the window does: where a point
+        # begins is not known, and guessing could cut a whole point.
+        return _UNKNOWN_PHASE
+    # The scan starts at ``start`` (after its set-up records): points are
+    # the periods from there, so the journal ends inside one exactly when
+    # the count of its repeating records is not a multiple of the period.
+    cut = (len(tokens) - start) % period
+    if cut == 0:
+        return None
+    point = tokens[start:start + period]
+    appended = [key for rtype, key in point if rtype == REC_APPEND]
     if len(appended) < 2 or None in appended or \
             len(set(appended)) != len(appended):
         return None
-    lists = {key: _list_of(state, key) for key in appended}
-    if any(v is None for v in lists.values()) or \
+    done = [key for rtype, key in tokens[-cut:] if rtype == REC_APPEND]
+    if not done:
+        return None         # the cut point appended nothing yet
+    lists = {key: _list_of(state, key) for key in done}
+    if any(v is None or not v for v in lists.values()) or \
             len({id(v) for v in lists.values()}) != len(lists):
         return None
-    lengths = {key: len(v) for key, v in lists.items()}
-    short = min(lengths.values())
-    longer = {key for key in appended if lengths[key] == short + 1}
-    if not longer or any(n not in (short, short + 1)
-                         for n in lengths.values()):
-        return None
-    # The longer lists must be the ones appended last: a prefix of the
-    # point, in its order, ending the journal.
-    last_appends = [key for rtype, key in tokens if rtype == REC_APPEND]
-    ahead = last_appends[-len(longer):]
-    point_order = _rotate_to(appended, ahead)
-    if set(ahead) != longer or point_order is None or \
-            point_order[:len(ahead)] != ahead:
-        return None
-    values = {key: lists[key].pop() for key in ahead}
-    missing = [key for key in point_order if key not in values]
+    values = {key: lists[key].pop() for key in done}
+    missing = [key for key in appended if key not in values]
     return PartialPoint(values, missing)
-
-
-def _rotate_to(appended: list, ahead: list) -> list | None:
-    """``appended`` (one period, starting anywhere) rotated so that it
-    starts with ``ahead[0]``: the order of the keys within a point."""
-    if not ahead or ahead[0] not in appended:
-        return None
-    i = appended.index(ahead[0])
-    return appended[i:] + appended[:i]
