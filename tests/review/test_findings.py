@@ -96,7 +96,6 @@ def test_scan_ending_on_a_whole_point_keeps_every_value(tmp_path):
     assert y == [0.0, 0.5, 1.5, 2.5, 3.5, 4.5], y
 
 
-@pytest.mark.xfail(strict=True, reason='F4: any complete-looking file settles an orphan that never reached results_written')
 def test_planted_complete_looking_file_does_not_mark_an_orphan_done(tmp_path):
     """F4: step 5 (_settled) takes any regular file with ARTIQ's layout and
     the right rid as ARTIQ's own complete file, even when the journal never

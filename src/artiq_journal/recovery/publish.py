@@ -256,6 +256,48 @@ def inspect_existing(directory: Directory, name: str, rid: int | None, *,
                             f"{type(exc).__name__}: {exc}")
 
 
+def _extent(value: Any) -> Any:
+    """What a dataset's size must be for ``value``: the shape of an array,
+    the length of a list, nothing to compare for anything else."""
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return tuple(shape)
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    return None
+
+
+def missing_from(directory: Directory, name: str, local: dict,
+                 archive: dict) -> str | None:
+    """Why the regular file ``name`` does not hold the datasets a journal
+    replays to (a dataset absent, or of another size), or None when it
+    does.  A file with ARTIQ's layout and the right RID is not yet proof
+    that it is *this* run's file: one planted beside a crashed run must
+    not make its journal look done."""
+    try:
+        fd = open_regular(name, dir_fd=directory.fd)
+        with os.fdopen(fd, "rb") as fobj, \
+                h5py.File(fobj, "r", locking=False) as f:
+            for group, values in (("datasets", local), ("archive", archive)):
+                node = f.get(group)
+                for key, value in values.items():
+                    stored = node.get(key) if isinstance(node, h5py.Group) \
+                        else None
+                    if not isinstance(stored, h5py.Dataset):
+                        return f"{group}/{key} is missing"
+                    want = _extent(value)
+                    if want is None:
+                        continue
+                    have = stored.shape if isinstance(want, tuple) else (
+                        stored.shape[0] if stored.shape else None)
+                    if have != want:
+                        return (f"{group}/{key} has size {have}, the "
+                                f"journal {want}")
+    except Exception as exc:  # noqa: BLE001 - unreadable: not proof
+        return f"cannot be read: {type(exc).__name__}: {exc}"
+    return None
+
+
 def inspect_path(path: str, rid: int | None, *,
                  read_data: bool = True) -> ExistingFile:
     """:func:`inspect_existing` for a path (its directory is opened

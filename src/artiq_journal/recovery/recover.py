@@ -44,7 +44,7 @@ import datetime
 import os
 import socket
 import stat
-from typing import Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Union
 
 from ..errors import (JournalError, JournalFailed, JournalLocked,
                       LockUnknown, NotAJournal, RecoveryError)
@@ -330,8 +330,7 @@ class _Recovery:
         rep.output = os.path.join(target_dir, name)
         if self.out_dir is not None:
             with publish.Directory(os.path.dirname(self.path)) as beside:
-                if publish.inspect_existing(beside, name,
-                                            rep.rid).kind == "complete":
+                if self._existing(beside, name, state).kind == "complete":
                     rep.output = os.path.join(os.path.dirname(self.path),
                                               name)
                     rep.outcome = "already_complete"
@@ -339,8 +338,8 @@ class _Recovery:
         if self.dry_run:
             if os.path.isdir(target_dir):
                 with publish.Directory(target_dir) as directory:
-                    if self._settled(publish.inspect_existing(
-                            directory, name, rep.rid), name):
+                    if self._settled(self._existing(directory, name, state),
+                                     name):
                         return
             rep.outcome = "dry_run"
             rep.would_be = "recovered_partial" if rep.data_lost \
@@ -353,10 +352,28 @@ class _Recovery:
             return
         publish.makedirs_durable(target_dir)
         with publish.Directory(target_dir) as directory:
-            existing = publish.inspect_existing(directory, name, rep.rid)
+            existing = self._existing(directory, name, state)
             if self._settled(existing, name):
                 return
             self._write_and_publish(result, directory, name, existing)
+
+    def _existing(self, directory: publish.Directory, name: str,
+                  state: Any) -> publish.ExistingFile:
+        """What stands at ``name``; a complete-looking file counts as this
+        run's only when the journal says ARTIQ wrote it, or when it holds
+        every dataset the journal replays to (one planted beside a crashed
+        run must not make its journal look done)."""
+        existing = publish.inspect_existing(directory, name,
+                                            self.run_report.rid)
+        if existing.kind != "complete" or (
+                state.closed and state.close_reason == CLOSE_RESULTS_WRITTEN):
+            return existing
+        why = publish.missing_from(directory, name, state.datasets.local,
+                                   state.datasets.archive)
+        if why is None:
+            return existing
+        return publish.ExistingFile("partial", "complete-looking file that "
+                                    f"does not hold this run's data ({why})")
 
     def _settled(self, existing: publish.ExistingFile, name: str) -> bool:
         """Handle an existing file that needs nothing more; True if so."""
