@@ -37,7 +37,8 @@ import h5py
 
 from ..errors import NotRegularFile
 from ..journal.fsio import fsync_path, missing_directories
-from ..journal.safefile import (create_exclusive, lstat_kind, open_directory,
+from ..journal.safefile import (O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW,
+                                create_exclusive, lstat_kind, open_directory,
                                 open_regular, read_small, write_all)
 from .hdf5_out import GROUP
 from .report import Problem
@@ -83,9 +84,57 @@ def _running_as_root() -> bool:
 class Directory:
     """An opened directory; every name below is relative to its fd."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fd: int | None = None) -> None:
         self.path = path
-        self.fd = open_directory(path)
+        self.fd = open_directory(path) if fd is None else fd
+
+    @classmethod
+    def beneath(cls, root: str, path: str, *,
+                create: bool = False) -> "Directory":
+        """Open ``path``, a directory at or below ``root``, one component
+        at a time from ``root`` with ``O_NOFOLLOW``: no symlink below the
+        root -- planted, or swapped in for a directory after we looked --
+        can lead the open (and so every write through it) out of the tree.
+        ``create``: make missing components (each parent fsynced).  Raises
+        NotRegularFile for a symlink or non-directory on the way, ValueError
+        for a ``path`` not below ``root``."""
+        root, path = os.path.abspath(root), os.path.abspath(path)
+        rel = os.path.relpath(path, root)
+        if rel == os.curdir:
+            parts: list = []
+        elif rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            raise ValueError(f"{path} is not below {root}")
+        else:
+            parts = rel.split(os.sep)
+        fd = os.open(root, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        try:
+            for depth, part in enumerate(parts, 1):
+                try:
+                    child = os.open(part, os.O_RDONLY | O_DIRECTORY
+                                    | O_NOFOLLOW | O_CLOEXEC, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, dir_fd=fd)
+                    # The new name lives in its parent: durable only then.
+                    os.fsync(fd)
+                    child = os.open(part, os.O_RDONLY | O_DIRECTORY
+                                    | O_NOFOLLOW | O_CLOEXEC, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.EMLINK,
+                                     errno.ENOTDIR):
+                        raise NotRegularFile(
+                            "is a symbolic link or not a directory; not "
+                            "followed",
+                            path=os.path.join(root, *parts[:depth])
+                        ) from None
+                    raise
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd)
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1
@@ -370,7 +419,7 @@ def read_marker(journal_dir: str) -> dict | None:
         data.get("format") == MARKER_FORMAT else None
 
 
-def write_marker(journal_dir: str, content: dict,
+def write_marker(journal_dir: "str | Directory", content: dict,
                  owner: tuple[int, int] | None = None) -> None:
     """Atomically and durably (re)write the done marker: a new file
     created exclusively (never through a symlink), written through its fd,
@@ -378,7 +427,9 @@ def write_marker(journal_dir: str, content: dict,
     there, it never writes through it), directory fsynced."""
     data = json.dumps({"format": MARKER_FORMAT, **content}, indent=1,
                       sort_keys=True).encode()
-    with Directory(journal_dir) as directory:
+    opened = journal_dir if isinstance(journal_dir, Directory) else None
+    directory = opened or Directory(journal_dir)
+    try:
         fd, tmp = directory.create_temp(MARKER_NAME, owner)
         try:
             try:
@@ -393,3 +444,6 @@ def write_marker(journal_dir: str, content: dict,
             directory.unlink(tmp)
             raise
         directory.fsync()
+    finally:
+        if opened is None:
+            directory.close()

@@ -284,7 +284,7 @@ class _Recovery:
             beside = os.path.dirname(self.path)
             # Every dataset is read: the tail check is only a hint (a close
             # frame could sit inside the last record's value).
-            with publish.Directory(beside) as directory:
+            with self._beside() as directory:
                 existing = publish.inspect_existing(directory, name, rep.rid)
             if existing.kind == "complete":
                 rep.output = os.path.join(beside, name)
@@ -329,7 +329,7 @@ class _Recovery:
         target_dir = self._target_dir()
         rep.output = os.path.join(target_dir, name)
         if self.out_dir is not None:
-            with publish.Directory(os.path.dirname(self.path)) as beside:
+            with self._beside() as beside:
                 if self._existing(beside, name, state).kind == "complete":
                     rep.output = os.path.join(os.path.dirname(self.path),
                                               name)
@@ -337,7 +337,7 @@ class _Recovery:
                     return
         if self.dry_run:
             if os.path.isdir(target_dir):
-                with publish.Directory(target_dir) as directory:
+                with self._open_target(target_dir) as directory:
                     if self._settled(self._existing(directory, name, state),
                                      name):
                         return
@@ -350,12 +350,27 @@ class _Recovery:
                          "<rid>-<Class>.journal)")
             rep.outcome = "failed"
             return
-        publish.makedirs_durable(target_dir)
-        with publish.Directory(target_dir) as directory:
+        with self._open_target(target_dir, create=True) as directory:
             existing = self._existing(directory, name, state)
             if self._settled(existing, name):
                 return
             self._write_and_publish(result, directory, name, existing)
+
+    def _beside(self) -> publish.Directory:
+        """The journal's own directory, opened from the tree's root without
+        following a symlink on the way (a directory swapped for a link
+        after discovery must not lead a write elsewhere)."""
+        return publish.Directory.beneath(self.found.root,
+                                         os.path.dirname(self.path))
+
+    def _open_target(self, target_dir: str, *,
+                     create: bool = False) -> publish.Directory:
+        if self.out_dir is None:
+            return self._beside()
+        if create:
+            publish.makedirs_durable(self.out_dir)
+        return publish.Directory.beneath(self.out_dir, target_dir,
+                                         create=create)
 
     def _existing(self, directory: publish.Directory, name: str,
                   state: Any) -> publish.ExistingFile:
@@ -570,13 +585,15 @@ class _Recovery:
                     os.path.join(os.path.dirname(self.path), name)):
             return  # already says so: writing again would change nothing
         try:
-            publish.write_marker(self.path, {
-                "outcome": outcome, "results_file": name,
-                "results_stat": _file_identity(
-                    os.path.join(os.path.dirname(self.path), name)),
-                "fingerprint": self.fingerprint,
-                "last_seq": self.run_report.last_seq, "marked_at": _now()},
-                self.owner)
+            with publish.Directory.beneath(self.found.root,
+                                           self.path) as journal_dir:
+                publish.write_marker(journal_dir, {
+                    "outcome": outcome, "results_file": name,
+                    "results_stat": _file_identity(
+                        os.path.join(os.path.dirname(self.path), name)),
+                    "fingerprint": self.fingerprint,
+                    "last_seq": self.run_report.last_seq,
+                    "marked_at": _now()}, self.owner)
         except (OSError, JournalError) as exc:
             self.problem(f"results file in place, but the done marker "
                          f"cannot be written ({getattr(exc, 'strerror', None) or exc}); "
