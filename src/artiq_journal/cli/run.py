@@ -264,11 +264,19 @@ def _cmd_resume(args: argparse.Namespace) -> int:
           f"  journal {source.journal}\n"
           f"  experiment {file} (sha256 {digest or 'unreadable'}: "
           f"{_VERDICT_TEXT[verdict]})", file=out)
-    if verdict == "missing":
+    if args.master is None:
+        # Before anything else: a run started beside a live master would
+        # take a RID the master hands out again.
+        refuse_if_master_owns(args.results)
+    if args.master is not None:
+        # The master runs the expid's own file (from its repository at the
+        # expid's repo_rev): nothing here to compare it with or refuse.
+        pass
+    elif verdict == "missing":
         print(f"artiq-journal resume: error: {file}: the experiment file "
               "cannot be read", file=sys.stderr)
         return EXIT_FAILED
-    if verdict == "changed" and not args.allow_changed:
+    elif verdict == "changed" and not args.allow_changed:
         print(f"artiq-journal resume: error: {file} changed since RID "
               f"{source.rid} ran (sha256 then {source.experiment_sha256}, "
               "now "

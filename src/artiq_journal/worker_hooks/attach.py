@@ -116,7 +116,7 @@ def _pyon_fields(rid: int, expid: Any) -> dict:
 EXPERIMENT_HASH_MAX_BYTES = 16 << 20
 
 
-def experiment_fingerprint(expid: Any) -> dict:
+def experiment_fingerprint(expid: Any, file: str | None = None) -> dict:
     """``experiment_file`` (absolute path) and ``experiment_sha256`` of the
     file the run executes, so that a resume can tell whether the code it
     is about to run is the code that made the checkpoint.  Empty when the
@@ -124,7 +124,10 @@ def experiment_fingerprint(expid: Any) -> dict:
     expid, a repository file gone, ...).  Never raises."""
     import hashlib
     from ..journal.safefile import open_regular
-    file = expid.get("file") if isinstance(expid, dict) else None
+    if file is None:
+        # ARTIQ's worker resolves a repository file against the checkout
+        # (``wd``); the caller passes that path when it knows it.
+        file = expid.get("file") if isinstance(expid, dict) else None
     if not isinstance(file, str) or not file:
         return {}
     try:
@@ -155,7 +158,8 @@ def attach(dataset_mgr: Any, *, rid: int, expid: dict, class_name: str,
            snapshot_interval: float | None = None,
            stage: str | None = "build",
            storage_policy: dict | None = None,
-           live_interval: Any = "env") -> LiveJournal:
+           live_interval: Any = "env",
+           experiment_file: str | None = None) -> LiveJournal:
     """Journal every later ``set``/``mutate``/``append_to``/``get(archive=
     True)`` on ``dataset_mgr``, into ``<results_dir>/<rid:09d>-<class_name>
     .journal``, and return the live journal.
@@ -230,7 +234,7 @@ def attach(dataset_mgr: Any, *, rid: int, expid: dict, class_name: str,
         "artiq_adapter": adapter.name,
     }
     run_info.update(_pyon_fields(rid, expid))
-    run_info.update(experiment_fingerprint(expid))
+    run_info.update(experiment_fingerprint(expid, experiment_file))
     if storage_policy is not None:
         run_info["storage_policy"] = storage_policy
     durable = fsync != "never" and dir_fsync

@@ -272,6 +272,12 @@ def _worker_main_locals(*names: str) -> dict:
     return {}
 
 
+def _absolute_or_none(path: Any) -> "str | None":
+    # The worker has chdir-ed into results/<date>/<hour>: only an absolute
+    # path still names the experiment file it imported.
+    return path if isinstance(path, str) and os.path.isabs(path) else None
+
+
 def _start(instance: Any, managers: tuple) -> "_WorkerRun | None":
     global _run, _tried, _rid
     if not _in_worker() or len(managers) < 2:
@@ -289,7 +295,8 @@ def _start(instance: Any, managers: tuple) -> "_WorkerRun | None":
     for problem in cfg.problems:
         logger.warning("artiq-journal: %s", problem)
     scheduler = getattr(device_mgr, "virtual_devices", {}).get("scheduler")
-    frame = _worker_main_locals("start_time", "exp", "expid", "rid")
+    frame = _worker_main_locals("start_time", "exp", "expid", "rid",
+                                "experiment_file")
     rid = getattr(scheduler, "rid", frame.get("rid"))
     _rid = rid
     expid = getattr(scheduler, "expid", frame.get("expid"))
@@ -315,7 +322,9 @@ def _start(instance: Any, managers: tuple) -> "_WorkerRun | None":
                       keep=cfg.keep, group_interval=cfg.group_interval,
                       snapshot_interval=cfg.snapshot_interval,
                       storage_policy=storage_policy,
-                      live_interval=cfg.live_interval)
+                      live_interval=cfg.live_interval,
+                      experiment_file=_absolute_or_none(
+                          frame.get("experiment_file")))
     except (OSError, JournalFailed) as exc:
         message = f"cannot start the journal of RID {rid}: {exc}"
         if cfg.on_error == "stop":
