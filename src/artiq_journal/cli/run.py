@@ -246,7 +246,8 @@ def _os_error(verb: str, exc: OSError) -> int:
 _VERDICT_TEXT = {"same": "the file that run executed",
                  "changed": "CHANGED since that run",
                  "unknown": "that run recorded no hash to compare",
-                 "missing": "cannot be read"}
+                 "missing": "cannot be read",
+                 "remote": "not readable here; the master resolves it"}
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -257,8 +258,15 @@ def _cmd_resume(args: argparse.Namespace) -> int:
             print(f"artiq-journal resume: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
     source = find_resume_source(args.rid, args.results)
+    if args.master is None:
+        # First: beside a live master nothing may run here at all.
+        refuse_if_master_owns(args.results)
     out = sys.stderr if args.json else sys.stdout
     file, digest, verdict = experiment_check(source)
+    if verdict == "missing" and args.master is not None:
+        # The master resolves the file itself (in its repository, at the
+        # journaled repo_rev); it need not be readable from here.
+        verdict = "remote"
     print(f"resuming RID {source.rid} ({source.class_name}) from its last "
           f"checkpoint: seq {source.seq}, state {source.checkpoint!r}\n"
           f"  journal {source.journal}\n"
@@ -286,7 +294,6 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if args.master is not None:
         return _resume_through_master(source, host, port, args)
-    refuse_if_master_owns(args.results)
     try:
         running = start_resumed_experiment(
             source, args.results, dict(args.arguments), args.fsync,
