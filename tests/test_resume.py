@@ -15,6 +15,7 @@ how the earlier run is named, and the errors.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -313,8 +314,10 @@ def test_resume_restores_datasets_flags_metadata_and_archive(tmp_path):
         {"unit": "s"}
     assert mgr.archive == {"db": [9, 9]}
     info = json.loads(mgr.local[RESUMED_FROM_DATASET])
+    # The journal is named relative to the results root (results/).
     assert info == {"rid": 1, "seq": last_checkpoint_seq(old),
-                    "journal": old}
+                    "journal": os.path.relpath(old, str(tmp_path / "results"))}
+    assert not os.path.isabs(info["journal"])
     # Idempotent: a second call restores nothing again.
     mgr.append_to("both", 4)
     assert exp.resume_state(None) == state and mgr.local["both"] == [1, 2, 4]

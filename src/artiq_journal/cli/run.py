@@ -272,10 +272,6 @@ def _cmd_resume(args: argparse.Namespace) -> int:
           f"  journal {source.journal}\n"
           f"  experiment {file} (sha256 {digest or 'unreadable'}: "
           f"{_VERDICT_TEXT[verdict]})", file=out)
-    if args.master is None:
-        # Before anything else: a run started beside a live master would
-        # take a RID the master hands out again.
-        refuse_if_master_owns(args.results)
     if args.master is not None:
         # The master runs the expid's own file (from its repository at the
         # expid's repo_rev): nothing here to compare it with or refuse.

@@ -292,9 +292,15 @@ class JournalResumable:
         if live is not None:
             _warn_if_code_changed(run_info, live.run_info, path)
         restore_datasets(mgr, state.datasets, live)
-        info = {"rid": run_info["rid"], "seq": seq, "journal": path}
+        # Relative to the results root when under it: the tree can move
+        # (or be recovered on another machine) and still name the journal.
+        recorded = os.path.abspath(path)
+        rel = os.path.relpath(recorded, os.path.abspath(results_root))
+        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+            recorded = rel
+        info = {"rid": run_info["rid"], "seq": seq, "journal": recorded}
         if live is not None and live.active:
-            live.record_resumed_from(info["rid"], seq, path)
+            live.record_resumed_from(info["rid"], seq, recorded)
         adapter = live.adapter if live is not None else select_adapter(mgr)
         adapter.restore(RESUMED_FROM_DATASET, json.dumps(info), {}, False,
                         False, True)
