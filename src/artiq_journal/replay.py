@@ -17,7 +17,8 @@ from typing import Callable
 
 from .errors import NoSnapshot
 from .journal.constants import (DEFAULT_MAX_RECORD_BYTES, REC_APPEND,
-                                REC_CHECKPOINT)
+                                REC_CHECKPOINT, REC_CLOSE, REC_POINT_BEGIN,
+                                REC_POINT_END)
 from .journal.framing import type_name
 from .journal.reader import Diagnostic, JournalReader, Position
 from .journal.snapshot import Snapshot, load_snapshot
@@ -36,6 +37,10 @@ class ReplayResult:
     records_untrusted: int = 0
     diagnostics: list[Diagnostic] = field(default_factory=list)
     clean_close: bool = False
+    #: The point the journal ends inside (a crash mid-point), left out of
+    #: the state: ``{"begin_seq", "last_seq", "records"}``; None if none.
+    #: ``records`` are its ``(seq, type, payload)`` (kept aside, not applied).
+    partial_point: dict | None = None
 
     @property
     def damaged(self) -> bool:
@@ -142,7 +147,8 @@ def cyclic_gc_paused():
 
 def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
            max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-           on_record: Callable[[int], None] | None = None) -> ReplayResult:
+           on_record: Callable[[int], None] | None = None,
+           _hold: dict | None = None) -> ReplayResult:
     """Rebuild the state of the journal at ``path``.
 
     ``upto_seq``: stop after this sequence number (resume uses the seq of the
@@ -171,8 +177,23 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
     # With a per-record callback every record goes through apply().
     append_type = REC_APPEND if on_record is None else None
     stop_after = upto_seq if upto_seq is not None else 1 << 64
+    # Records of an open point (format 2): applied together when its
+    # point_end is read, left out when the journal ends before it.
+    pending: list | None = None
+    pending_begin = 0
+
+    def bad_record(seq, rtype, segment, offset, exc):
+        result.diagnostics.append(Diagnostic(
+            "bad_record", os.path.join(path, segment), offset,
+            f"record seq {seq} ({type_name(rtype)}) cannot be "
+            f"applied: {exc}; later records are not trusted",
+            seq=seq))
+
+    batches = reader.iter_batches()
+    if _hold is not None:
+        batches = _upto_last_checkpoint(batches, _hold)
     with cyclic_gc_paused():
-        for batch in reader.iter_batches():
+        for batch in batches:
             done = batch[-1][0] > stop_after
             if done:
                 batch = list(itertools.takewhile(
@@ -181,6 +202,48 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
             for seq, rtype, payload, segment, offset, trusted in batch:
                 if not trusted or poisoned:
                     untrusted += 1
+                    continue
+                if pending is not None:
+                    if rtype == REC_POINT_END:
+                        if fast_seq:
+                            state.last_seq, state.closed = fast_seq, False
+                            fast_seq = 0
+                        targets.clear()
+                        for i, record in enumerate(pending):
+                            try:
+                                apply(*record[:3])
+                            except BadRecord as exc:
+                                bad_record(*record[:2], *record[3:], exc)
+                                poisoned = True
+                                bad += 1
+                                untrusted += len(pending) - i - 1
+                                break
+                            if on_record is not None:
+                                on_record(record[0])
+                        pending = None
+                        if poisoned:
+                            untrusted += 1
+                            continue
+                        state.last_seq, state.closed = seq, False
+                        continue
+                    if rtype != REC_CLOSE and rtype != REC_POINT_BEGIN:
+                        pending.append((seq, rtype, payload, segment,
+                                        offset))
+                        continue
+                    # A close inside a point (the writer stopped mid-point)
+                    # ends it unfinished; a nested point_begin is damage.
+                    if rtype == REC_CLOSE:
+                        result.partial_point = {
+                            "begin_seq": pending_begin,
+                            "last_seq": pending[-1][0] if pending
+                            else pending_begin,
+                            "records": [r[:3] for r in pending]}
+                        pending = None
+                if rtype == REC_POINT_BEGIN and pending is None:
+                    if fast_seq:
+                        state.last_seq, state.closed = fast_seq, False
+                        fast_seq = 0
+                    pending, pending_begin = [], seq
                     continue
                 if rtype == append_type and type(payload) is list \
                         and len(payload) == 2 and type(payload[0]) is str:
@@ -197,13 +260,13 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
                     state.last_seq, state.closed, fast_seq = fast_seq, False, 0
                 targets.clear()
                 try:
+                    if rtype == REC_POINT_BEGIN or rtype == REC_POINT_END:
+                        raise BadRecord("nested point_begin" if pending
+                                        is not None else
+                                        "point_end without point_begin")
                     apply(seq, rtype, payload)
                 except BadRecord as exc:
-                    result.diagnostics.append(Diagnostic(
-                        "bad_record", os.path.join(path, segment), offset,
-                        f"record seq {seq} ({type_name(rtype)}) cannot be "
-                        f"applied: {exc}; later records are not trusted",
-                        seq=seq))
+                    bad_record(seq, rtype, segment, offset, exc)
                     poisoned = True
                     bad += 1
                     continue
@@ -211,13 +274,76 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
                     on_record(seq)
             if done:
                 break
+    if pending is not None:
+        # The journal ends inside a point (a crash before its point_end):
+        # none of it is applied -- it is kept aside, and said.
+        result.partial_point = {
+            "begin_seq": pending_begin,
+            "last_seq": pending[-1][0] if pending else pending_begin,
+            "records": [r[:3] for r in pending]}
     if fast_seq:
         state.last_seq, state.closed = fast_seq, False
     result.diagnostics[:0] = reader.diagnostics
-    result.records_applied = seen - untrusted - bad
+    partial = result.partial_point
+    left_aside = 0 if partial is None else len(partial["records"]) + 1
+    result.records_applied = seen - untrusted - bad - left_aside
     result.records_untrusted = untrusted
     result.clean_close = state.closed
     return result
+
+
+#: Records held back by replay_to_last_checkpoint before it gives up the
+#: one-pass replay (bounds the memory of decoded records kept).
+HOLD_LIMIT = 1 << 18
+
+
+def _upto_last_checkpoint(batches, hold: dict):
+    """The batches of a reader, cut after the last trusted checkpoint
+    record: records after one are held back until the next one releases
+    them, and never yielded when none follows.  If more than
+    ``hold["limit"]`` records would be held, the oldest are yielded
+    anyway and ``hold["overran"]`` is set."""
+    limit = hold.get("limit", HOLD_LIMIT)
+    held: list = []
+    count = 0
+    for batch in batches:
+        rtypes = [r[1] for r in batch]
+        k = len(rtypes) - 1 - rtypes[::-1].index(REC_CHECKPOINT) \
+            if REC_CHECKPOINT in rtypes else None
+        if k is not None and batch[k][5]:
+            yield from held
+            held, count = [], 0
+            yield batch[:k + 1]
+            batch = batch[k + 1:]
+            if not batch:
+                continue
+        held.append(batch)
+        count += len(batch)
+        while count > limit:
+            hold["overran"] = True
+            first = held.pop(0)
+            count -= len(first)
+            yield first
+
+
+def replay_to_last_checkpoint(path: str | os.PathLike,
+                              max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+                              ) -> ReplayResult:
+    """The state at the last checkpoint :func:`replay` trusts and applies:
+    the same state as ``replay(path, upto_seq=last_checkpoint_seq(path))``
+    (``state.checkpoint`` None when there is none), in one pass over the
+    journal when the records after that checkpoint are fewer than
+    :data:`HOLD_LIMIT` (they are decoded and held back, not applied); else,
+    or when a record before it could not be applied, in two."""
+    hold: dict = {"overran": False}
+    result = replay(path, max_record_bytes=max_record_bytes, _hold=hold)
+    state = result.state
+    if state.checkpoint is None or (not hold["overran"]
+                                    and state.last_seq
+                                    == state.checkpoint_seq):
+        return result
+    return replay(path, upto_seq=state.checkpoint_seq,
+                  max_record_bytes=max_record_bytes)
 
 
 def last_checkpoint_seq(path: str | os.PathLike,

@@ -10,6 +10,7 @@ import zlib
 from typing import NamedTuple
 
 from .constants import (CRC_FIELD, FORMAT_VERSION, RECORD_HEADER,
+                        SEGMENT_VERSIONS,
                         RECORD_HEADER_SIZE, RECORD_HEADER_TAIL,
                         RECORD_TYPE_NAMES, SEGMENT_HEADER,
                         SEGMENT_HEADER_SIZE, SEGMENT_MAGIC, SEGMENT_PREFIX,
@@ -74,9 +75,10 @@ def decode_segment_header(data: bytes) -> SegmentHeader:
         raise ValueError("segment header CRC mismatch")
     if data[28:SEGMENT_HEADER_SIZE] != bytes(4):
         raise ValueError("nonzero reserved bytes in segment header")
-    if version != FORMAT_VERSION:
+    if version not in SEGMENT_VERSIONS:
         raise ValueError(f"unsupported format version {version} "
-                         f"(this reader knows {FORMAT_VERSION})")
+                         f"(this reader knows "
+                         f"{', '.join(map(str, SEGMENT_VERSIONS))})")
     if flags != 0:
         raise ValueError(f"unknown segment flags {flags:#x}")
     return SegmentHeader(version, number, first_seq)

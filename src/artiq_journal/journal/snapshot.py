@@ -25,7 +25,7 @@ from ..errors import (CorruptSnapshot, JournalFailed, NoSnapshot,
                       NotRegularFile,
                       UnsupportedSnapshotVersion)
 from . import codec
-from .constants import (DEFAULT_MAX_SNAPSHOT_BYTES, FORMAT_VERSION,
+from .constants import (DEFAULT_MAX_SNAPSHOT_BYTES, SNAPSHOT_VERSION,
                         SNAPSHOT_HEADER, SNAPSHOT_HEADER_SIZE, SNAPSHOT_MAGIC,
                         SNAPSHOT_NAME, SNAPSHOT_NEW, SNAPSHOT_OLD)
 from .framing import crc32
@@ -38,10 +38,10 @@ _CRC_COVERED = 32
 
 
 def encode_snapshot(seq: int, payload: bytes) -> bytes:
-    head = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, 0, 0, seq,
+    head = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, 0, seq,
                                 len(payload), 0)[:_CRC_COVERED]
     crc = crc32(payload, crc32(head))
-    return SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, 0, 0, seq,
+    return SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, 0, seq,
                                 len(payload), crc) + payload
 
 
@@ -78,10 +78,10 @@ def read_snapshot_file(path: str,
         if head[36:SNAPSHOT_HEADER_SIZE] != bytes(4):
             raise CorruptSnapshot("nonzero reserved bytes in snapshot "
                                   "header", path=path, offset=36)
-        if version != FORMAT_VERSION:
+        if version != SNAPSHOT_VERSION:
             raise UnsupportedSnapshotVersion(
                 f"unsupported snapshot format version {version} (this reader "
-                f"knows {FORMAT_VERSION})", path=path, offset=8)
+                f"knows {SNAPSHOT_VERSION})", path=path, offset=8)
         if length > max_bytes or SNAPSHOT_HEADER_SIZE + length != size:
             raise CorruptSnapshot(
                 f"snapshot payload length {length} does not match the file "

@@ -89,6 +89,9 @@ class RecoveryInfo:
     snapshot_note: str = ""
     #: Problems found so far (journal damage); storage problems are added.
     problems: list[Problem] = field(default_factory=list)
+    #: ReplayResult.partial_point: the point the journal ends inside, kept
+    #: aside (``artiq_journal/partial_point``), not in the datasets.
+    partial_point: dict | None = None
 
 
 def needs_escape(name: str) -> bool:
@@ -497,6 +500,23 @@ def _journal_group(f: h5py.File, state: RunState, info: RecoveryInfo,
     if sink.unstored:
         g["unstored"] = _string_array(
             [printable(u, PROBLEM_TEXT_MAX) for u in sink.unstored])
+    if info.partial_point is not None:
+        _partial_point(g, info.partial_point, sink)
+
+
+def _partial_point(g: h5py.Group, partial: dict, sink: _Sink) -> None:
+    """The trailing unfinished point, kept aside: attribute
+    ``partial_point`` (JSON ``{"begin_seq", "last_seq", "records"}``) and
+    dataset ``partial_point`` (PYON text ``[seq, type, payload]`` per
+    record, ``""`` for one with no PYON text)."""
+    from ..journal.framing import type_name
+    records = partial["records"]
+    _set_attr(g.attrs, "partial_point", json.dumps(
+        {"begin_seq": partial["begin_seq"], "last_seq": partial["last_seq"],
+         "records": len(records)}), sink)
+    texts = [_as_pyon([seq, type_name(rtype), payload]) or ""
+             for seq, rtype, payload in records]
+    g["partial_point"] = _string_array(texts)
 
 
 def write_results_file(target: Any, state: RunState, info: RecoveryInfo, *,

@@ -362,6 +362,13 @@ class _Recovery:
                 # rotation is the normal case.)
                 severity = "warning"
             self.problem(d.message, severity, d.path, d.offset)
+        partial = result.partial_point
+        if partial is not None:
+            self.problem(f"the journal ends inside a point (seq "
+                         f"{partial['begin_seq']}..{partial['last_seq']}): "
+                         f"its {len(partial['records'])} records are left "
+                         "out of the datasets and kept aside in "
+                         "artiq_journal/partial_point", "warning")
         if result.records_untrusted:
             self.problem(f"{result.records_untrusted} intact records after "
                          "the damage were left out: records before them are "
@@ -435,7 +442,8 @@ class _Recovery:
             snapshot=rep.snapshot,
             snapshot_seq=result.snapshot.seq if result.snapshot else None,
             snapshot_note=result.snapshot_note,
-            problems=list(rep.problems))
+            problems=list(rep.problems),
+            partial_point=result.partial_point)
         if self.lock is not None:
             directory.remove_stale_temps(name)
         fd, tmp = directory.create_temp(name, self.owner)

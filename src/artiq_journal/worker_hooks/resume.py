@@ -48,6 +48,7 @@ TypeError -- nothing is ever pickled.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -58,7 +59,7 @@ from ..errors import ResumeError
 from ..journal import codec
 from ..journal.constants import JOURNAL_SUFFIX
 from ..journal.lock import is_locked
-from ..replay import last_checkpoint_seq, replay
+from ..replay import replay_to_last_checkpoint
 from . import config
 from .adapters import select_adapter
 from .live import LiveJournal, live_journal
@@ -104,12 +105,12 @@ def load_checkpoint(path: str) -> tuple[dict, Any, int]:
     if is_locked(path):
         raise ResumeError("journal is still being written by a live run",
                           path=path)
-    seq = last_checkpoint_seq(path)
+    result = replay_to_last_checkpoint(path)
+    state = result.state
+    seq = state.checkpoint_seq if state.checkpoint is not None else None
     if seq is None:
         raise ResumeError("journal has no checkpoint to resume from",
                           path=path)
-    result = replay(path, upto_seq=seq)
-    state = result.state
     if state.checkpoint_seq != seq or state.checkpoint is None:
         problems = "; ".join(str(d) for d in result.diagnostics) or "unknown"
         raise ResumeError(f"cannot rebuild the state at checkpoint seq {seq}"
@@ -223,6 +224,16 @@ class JournalResumable:
                 live.checkpoint(state)  # raises the stored JournalFailed
             return
         live.checkpoint(state)
+
+    def journal_point(self) -> Any:
+        """``with self.journal_point(): ...`` makes the dataset operations
+        of one scan point a unit: recovered all or nothing, one fdatasync
+        under ``fsync="always"`` (:meth:`.live.LiveJournal.point`).  A
+        no-op context when the run is not journaled."""
+        live = live_journal(self._journal_dataset_mgr())
+        if live is None:
+            return contextlib.nullcontext()
+        return live.point()
 
     def resume_state(self, default: Any = None) -> Any:
         """``default`` on a fresh run; on a resumed run, restore the
