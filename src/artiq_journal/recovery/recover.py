@@ -350,7 +350,7 @@ class _Recovery:
 
     def _replay(self) -> ReplayResult:
         rep = self.run_report
-        result = replay(self.path)
+        result = replay(self.path, compact_floats=True)
         state = result.state
         for d in result.diagnostics:
             severity = "info" if d.severity == "info" else "error"
