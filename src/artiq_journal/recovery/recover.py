@@ -43,6 +43,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import stat
 from typing import Callable, Iterable, Union
 
 from ..errors import (JournalError, JournalFailed, JournalLocked,
@@ -224,6 +225,19 @@ class _Recovery:
             return base[:-len(JOURNAL_SUFFIX)] + ".h5"
         return None
 
+    def _results_identity(self, name: str) -> list | None:
+        """``[inode, size, mtime_ns, ctime_ns]`` of the regular file
+        ``name`` beside the journal (not following a symlink), or None.
+        Any write to the file, or another file put in its place, changes
+        it (ctime cannot be set back by a user)."""
+        try:
+            st = os.lstat(os.path.join(os.path.dirname(self.path), name))
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
     def _marked_complete(self) -> bool:
         marker = publish.read_marker(self.path)
         if not marker or marker.get("outcome") != "already_complete" \
@@ -234,15 +248,20 @@ class _Recovery:
         # ("../../x.h5", another run's file) is not ours to trust.
         if name is None or marker.get("results_file") != name:
             return False
-        try:
-            with publish.Directory(os.path.dirname(self.path)) as directory:
-                existing = publish.inspect_existing(directory, name,
-                                                    self.run_report.rid,
-                                                    read_data=False)
-        except (OSError, JournalError):
-            return False
-        if existing.kind != "complete":
-            return False
+        identity = self._results_identity(name)
+        if identity is None or marker.get("results_stat") != identity:
+            # Not the very file the marker's recovery found complete (or
+            # an older marker): look at it again.
+            try:
+                with publish.Directory(os.path.dirname(self.path)) \
+                        as directory:
+                    existing = publish.inspect_existing(
+                        directory, name, self.run_report.rid,
+                        read_data=False)
+            except (OSError, JournalError):
+                return False
+            if existing.kind != "complete":
+                return False
         self.run_report.outcome = "already_complete"
         self.run_report.output = os.path.join(os.path.dirname(self.path),
                                               name)
@@ -494,15 +513,23 @@ class _Recovery:
         if not self.in_place:
             return
         marker = publish.read_marker(self.path)
+        # The results file's identity as this recovery found it, so a
+        # later scan can tell it is still that file without opening it.
+        identity = self._results_identity(name) \
+            if outcome == "already_complete" else None
         if marker and marker.get("fingerprint") == self.fingerprint \
-                and marker.get("results_file") == name:
+                and marker.get("results_file") == name \
+                and (identity is None
+                     or marker.get("results_stat") == identity):
             return  # already says so: writing again would change nothing
+        content = {"outcome": outcome, "results_file": name,
+                   "fingerprint": self.fingerprint,
+                   "last_seq": self.run_report.last_seq,
+                   "marked_at": _now()}
+        if identity is not None:
+            content["results_stat"] = identity
         try:
-            publish.write_marker(self.path, {
-                "outcome": outcome, "results_file": name,
-                "fingerprint": self.fingerprint,
-                "last_seq": self.run_report.last_seq, "marked_at": _now()},
-                self.owner)
+            publish.write_marker(self.path, content, self.owner)
         except (OSError, JournalError) as exc:
             self.problem(f"results file in place, but the done marker "
                          f"cannot be written ({getattr(exc, 'strerror', None) or exc}); "
