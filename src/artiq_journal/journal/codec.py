@@ -19,7 +19,7 @@ import functools
 import re
 import struct
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import msgpack
 import numpy as np
@@ -337,6 +337,78 @@ def pack_parts(obj: Any) -> list:
     return parts
 
 
+def _array_header_size(n: int) -> int:
+    return 1 if n <= 15 else 3 if n <= 0xffff else 5
+
+
+def pack_stream(obj: Any, chunk_items: int = 1 << 16) -> Iterator:
+    """The bytes of ``pack(obj)``, exactly, as a sequence of pieces (bytes,
+    or memoryviews of large C-contiguous arrays' own memory): for writing
+    a large value without holding its whole encoding.  Maps and lists are
+    opened here, list items packed ``chunk_items`` at a time; an array of
+    at least :data:`ZERO_COPY_MIN` bytes is not copied.  Raises TypeError
+    as :func:`pack` does (nesting included) -- possibly after some pieces:
+    a caller must then discard what it wrote."""
+    packer = make_packer()
+    try:
+        yield from _stream(obj, 1, packer, chunk_items)
+    except ValueError as exc:
+        # msgpack's own recursion limit: deeper than anything we accept.
+        raise TypeError(f"cannot journal value: {exc}") from None
+
+
+def _too_deep() -> TypeError:
+    return TypeError(f"cannot journal containers nested more than "
+                     f"{MAX_NESTING} levels deep (the reader refuses them)")
+
+
+def _stream(obj: Any, depth: int, packer: msgpack.Packer,
+            chunk_items: int) -> Iterator:
+    kind = type(obj)
+    if kind is dict:
+        if depth > MAX_NESTING:
+            raise _too_deep()
+        yield packer.pack_map_header(len(obj))
+        for key, value in obj.items():
+            yield from _stream(key, depth + 1, packer, chunk_items)
+            yield from _stream(value, depth + 1, packer, chunk_items)
+    elif kind is list:
+        if depth > MAX_NESTING:
+            raise _too_deep()
+        n = len(obj)
+        yield packer.pack_array_header(n)
+        for start in range(0, n, chunk_items):
+            part = obj[start:start + chunk_items]
+            head = _array_header_size(len(part))
+            if type(part[0]) is float:
+                # Most likely a scan's floats: packed first, then checked
+                # to be item after item a float 64 (0xcb + 8 bytes) from
+                # the first to the last -- scalars only, nothing nests.
+                data = packer.pack(part)
+                if len(data) == head + 9 * len(part) and (np.frombuffer(
+                        data, np.uint8)[head::9] == 0xcb).all():
+                    yield memoryview(data)[head:]
+                    continue
+            types = set(map(type, part))
+            if types & _CONTAINERS or np.ndarray in types:
+                for item in part:
+                    yield from _stream(item, depth + 1, packer, chunk_items)
+            else:
+                # Scalars only (one set() over the types, in C): packed as
+                # a list, its header left out.
+                yield memoryview(packer.pack(part))[head:]
+    elif kind is np.ndarray and obj.nbytes >= ZERO_COPY_MIN:
+        _check_array_dtype(obj.dtype)
+        arr = np.ascontiguousarray(obj)
+        head = _PACK_PLAIN([arr.dtype.str, list(arr.shape)])
+        yield _EXT32.pack(0xc9, len(head) + arr.nbytes, EXT_NDARRAY) + head
+        yield memoryview(arr.reshape(-1).view(np.uint8))
+    else:
+        if kind is tuple and nesting_depth(obj) + depth - 1 > MAX_NESTING:
+            raise _too_deep()
+        yield packer.pack(obj)
+
+
 _PLAIN_PACKER = msgpack.Packer(use_bin_type=True, strict_types=False)
 _PACK_PLAIN = _PLAIN_PACKER.pack
 
@@ -517,15 +589,28 @@ def _could_hold_timestamp(data: bytes) -> bool:
 
 
 def _reject_timestamps(value: Any) -> None:
-    if isinstance(value, msgpack.Timestamp):
+    # Decoded values have exact built-in types.  One set() of the item
+    # types per container (in C) instead of a call per item: a checkpoint
+    # holds lists of millions of floats.
+    timestamp = msgpack.Timestamp
+    if type(value) is timestamp:
         raise DecodeError("msgpack timestamp ext is not a journal type")
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            _reject_timestamps(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _reject_timestamps(key)
-            _reject_timestamps(item)
+    stack = [value]
+    while stack:
+        obj = stack.pop()
+        kind = type(obj)
+        if kind is list or kind is tuple:
+            items = obj
+        elif kind is dict:
+            items = [*obj.keys(), *obj.values()]
+        else:
+            continue
+        types = set(map(type, items))
+        if timestamp in types:
+            raise DecodeError("msgpack timestamp ext is not a journal type")
+        if not types.isdisjoint(_CONTAINERS):
+            stack.extend(item for item in items
+                         if type(item) in _CONTAINERS)
 
 
 def make_unpack(max_bytes: int) -> Callable[[bytes], Any]:

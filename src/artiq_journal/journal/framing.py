@@ -101,3 +101,44 @@ def record_crc(header_bytes: bytes, payload: bytes) -> int:
 
 def type_name(rtype: int) -> str:
     return RECORD_TYPE_NAMES.get(rtype, f"type-{rtype}")
+
+
+def _gf2_times(mat: list, vec: int) -> int:
+    total = 0
+    i = 0
+    while vec:
+        if vec & 1:
+            total ^= mat[i]
+        vec >>= 1
+        i += 1
+    return total
+
+
+def _gf2_square(mat: list) -> list:
+    return [_gf2_times(mat, mat[n]) for n in range(32)]
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of A‖B from crc1 = CRC of A, crc2 = CRC of B and len2 = the
+    length of B (zlib's ``crc32_combine``, which Python does not expose):
+    lets a writer stream a payload and CRC a header it can only build
+    afterwards."""
+    if len2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << n for n in range(31)]  # one zero bit
+    even = _gf2_square(odd)   # two zero bits
+    odd = _gf2_square(even)   # four
+    while True:
+        even = _gf2_square(odd)
+        if len2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
