@@ -166,3 +166,22 @@ def test_exception_inside_a_point_still_commits_it(tmp_path):
     result = replay(live.path)
     assert result.partial_point is None
     assert result.state.datasets.local["x"] == [1]
+
+
+@pytest.mark.parametrize("markers,reason", [
+    ([(REC_POINT_BEGIN, [])] * 2, "point_begin inside an open point"),
+    ([(REC_POINT_END, [])], "point_end without point_begin"),
+    ([(REC_POINT_BEGIN, 5)], "point marker is not an array"),
+])
+def test_misplaced_point_markers_are_bad_records(tmp_path, markers, reason):
+    path = _journal(tmp_path)
+    writer = JournalWriter(path, fsync="never", heartbeat_interval=None)
+    writer.append(REC_SET, ["x", [], {}, False, False, True])
+    for rtype, payload in markers:
+        writer.append(rtype, payload)
+    writer.append(REC_APPEND, ["x", 1])
+    writer.abandon()
+    result = replay(path)
+    bad = [d for d in result.diagnostics if d.kind == "bad_record"]
+    assert bad and reason in bad[0].message
+    assert result.state.datasets.local["x"] == []

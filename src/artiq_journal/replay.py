@@ -232,7 +232,7 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
                     untrusted += 1
                     continue
                 if pending is not None:
-                    if rtype == REC_POINT_END:
+                    if rtype == REC_POINT_END and type(payload) is list:
                         if fast_seq:
                             state.last_seq, state.closed = fast_seq, False
                             fast_seq = 0
@@ -254,7 +254,8 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
                             continue
                         state.last_seq, state.closed = seq, False
                         continue
-                    if rtype != REC_CLOSE and rtype != REC_POINT_BEGIN:
+                    if rtype != REC_CLOSE and rtype != REC_POINT_BEGIN \
+                            and rtype != REC_POINT_END:
                         pending.append((seq, rtype, payload, segment,
                                         offset))
                         continue
@@ -267,7 +268,8 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
                             else pending_begin,
                             "records": [r[:3] for r in pending]}
                         pending = None
-                if rtype == REC_POINT_BEGIN and pending is None:
+                if rtype == REC_POINT_BEGIN and pending is None \
+                        and type(payload) is list:
                     if fast_seq:
                         state.last_seq, state.closed = fast_seq, False
                         fast_seq = 0
@@ -299,9 +301,12 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
                         forget()
                 try:
                     if rtype == REC_POINT_BEGIN or rtype == REC_POINT_END:
-                        raise BadRecord("nested point_begin" if pending
-                                        is not None else
-                                        "point_end without point_begin")
+                        raise BadRecord(
+                            "point marker is not an array"
+                            if type(payload) is not list else
+                            "point_begin inside an open point"
+                            if rtype == REC_POINT_BEGIN else
+                            "point_end without point_begin")
                     apply(seq, rtype, payload)
                 except BadRecord as exc:
                     bad_record(seq, rtype, segment, offset, exc)
