@@ -129,6 +129,21 @@ def reader_decode(path: str) -> int:
     return n
 
 
+def header_walk(path: str) -> int:
+    """The least any pure-Python per-record reader does: step from record
+    header to record header (no CRC, no decode)."""
+    n = 0
+    unpack = struct.Struct("<IIQBBH").unpack_from
+    for _, seg in list_segments(path):
+        with open(seg, "rb") as f:
+            buf = f.read()
+        pos, end = SEGMENT_HEADER_SIZE, len(buf)
+        while pos + 20 <= end:
+            pos += 20 + unpack(buf, pos)[1]
+            n += 1
+    return n
+
+
 def _timed(fn) -> float:
     start = now()
     fn()
@@ -166,7 +181,8 @@ def recovery(cfg: Config, scratch: Scratch) -> list[Row]:
         return elapsed
 
     cands = {"floor": lambda: _timed(lambda: floor_unpacker(payloads)),
-             "reader": lambda: _timed(lambda: reader_decode(path))}
+             "reader": lambda: _timed(lambda: reader_decode(path)),
+             "walk": lambda: _timed(lambda: header_walk(path))}
     if cli:
         cands["cli"] = run_cli
     samples = interleave(cands, cfg.recovery_rounds)
@@ -189,6 +205,13 @@ def recovery(cfg: Config, scratch: Scratch) -> list[Row]:
                     f"{total / median_of(samples, 'reader') / 1e6:.2f} M/s",
                     f"{total / floor / 1e6:.2f} M/s", r, "", "INFO",
                     note="speed ratio (floor time / value time)"))
+    r = median_ratio(samples, lambda s: s["floor"], lambda s: s["walk"])
+    rows.append(Row("8a", "header walk only (pure-Python bound), rec/s",
+                    f"{total / median_of(samples, 'walk') / 1e6:.2f} M/s",
+                    f"{total / floor / 1e6:.2f} M/s", r, "", "INFO",
+                    note="a Python loop stepping from header to header, "
+                         "nothing else: the ceiling of any reader that "
+                         "touches each record in Python"))
     rows.append(_recovery_memory(root, appends))
     return rows
 

@@ -6,10 +6,13 @@ Usage (ARTIQ's ``EnvExperiment`` or the built-in runner's)::
         def run(self):
             state = self.resume_state(None)
             if state is None:                        # fresh run
+                self.set_dataset("xs", [], broadcast=True)
                 self.set_dataset("ys", [], broadcast=True)
                 state = {"i": 0}
             for i in range(state["i"], 100):
-                self.append_to_dataset("ys", measure(i))
+                with self.journal_point():           # recovered whole or not
+                    self.append_to_dataset("xs", i)
+                    self.append_to_dataset("ys", measure(i))
                 self.checkpoint(i=i + 1)             # datasets consistent here
 
 Naming the earlier run.  The mixin requests the string argument
