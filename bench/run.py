@@ -134,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 point = fig_scale.tree_point(scratch.path(f"t{n}"), n)
                 rows.append(Row("8s", f"scan of {n:.0e} finished runs",
                                 fmt_ns(point["scan_s_per_run"]),
-                                note=f"first scan "
-                                     f"{fmt_ns(point['first_scan_s_per_run'])}"
-                                     " per run"))
+                                note=f"outcomes {point['outcomes']}"))
     finally:
         scratch.close()
     elapsed = time.perf_counter() - started
