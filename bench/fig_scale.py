@@ -144,8 +144,8 @@ def plot(out: dict, path: str) -> None:
     if rec:
         ax = axes[0]
         xs = [p["records"] for p in rec]
-        ax.plot(xs, [p["records_per_s"] / 1e6 for p in rec], "o-",
-                label="records/s (M)")
+        ax.plot(xs, [p["records_per_s"] / 1e5 for p in rec], "o-",
+                label="records/s (x 100 k)")
         ax.plot(xs, [p["peak_bytes_per_record"] for p in rec], "s-",
                 label="peak bytes / record")
         ax.set_xscale("log")
