@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # common puts src/ on sys.path when artiq_journal is not importable.
 from common import Config, Row, Scratch, fmt_ns, progress, table  # noqa: E402
 
-FIGURES = ("1", "2", "3", "4", "5", "6", "7", "peers")
+FIGURES = ("1", "2", "3", "4", "5", "6", "7", "8", "peers")
 
 
 def _figure_functions():
@@ -32,7 +32,9 @@ def _figure_functions():
     import fig_hotpath
     import fig_recovery
     import fig_snapshot
+    import fig_round2
     return {
+        "8": fig_round2.round2,
         "1": fig_hotpath.hot_path,
         "2": fig_hotpath.group_commit,
         "3": fig_hotpath.per_op_durability,
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                     more, curves["scaling"] = fig_recovery.scaling(cfg,
                                                                    scratch)
                     rows.extend(more)
+                elif fig == "scale":
+                    pass
                 elif fig == "peers":
                     import peers
                     curves["peers"] = peers.peers(cfg, scratch)
@@ -115,6 +119,22 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(Row(fig, "figure failed", "ERROR",
                                 status="ERROR",
                                 note=f"{type(exc).__name__}: {exc}"))
+        if cfg.mode == "long" and "8" in only:
+            # Scale evidence (bench/fig_scale.py): 1e6/1e7-record
+            # recoveries, 1e4/1e5-run trees.
+            import fig_scale
+            for n in (10**6, 10**7):
+                point = fig_scale.recovery_point(scratch.path(f"s{n}"), n)
+                rows.append(Row("8s", f"recovery of {n:.0e} appends "
+                                f"(+10% sets)",
+                                f"{point['records_per_s'] / 1e6:.2f} M/s",
+                                note=f"{point['peak_bytes_per_record']:.1f} "
+                                     "peak bytes/record"))
+            for n in (10**4, 10**5):
+                point = fig_scale.tree_point(scratch.path(f"t{n}"), n)
+                rows.append(Row("8s", f"scan of {n:.0e} finished runs",
+                                fmt_ns(point["scan_s_per_run"]),
+                                note=f"outcomes {point['outcomes']}"))
     finally:
         scratch.close()
     elapsed = time.perf_counter() - started

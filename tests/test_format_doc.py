@@ -336,7 +336,7 @@ class DocReader:
         if magic != b"ARTIQWAL" or zlib.crc32(head[:24]) != crc \
                 or head[28:32] != bytes(4):
             return "bad"
-        if version != 1:
+        if version not in (1, 2):
             return "version"
         if flags:
             return "bad"

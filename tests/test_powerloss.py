@@ -459,3 +459,45 @@ def test_interrupted_first_snapshot_replays_as_undamaged(tmp_path):
     result = replay(path)
     assert result.records_applied == 2
     assert not result.damaged, [str(d) for d in result.diagnostics]
+
+
+# --- points: a crash state inside a point never shows half of it -------------
+
+POINT_KEYS = ("x", "y", "z")
+
+
+def _drive_points(rec, n_points, fsync, seed):
+    from artiq_journal.journal.constants import REC_APPEND
+    rng = random.Random(seed)
+    group = {"group_interval": 3600.0} if fsync == "group" else {}
+    writer = JournalWriter(os.path.join(rec.root, JOURNAL), fsync=fsync,
+                           segment_bytes=SEGMENT_BYTES,
+                           heartbeat_interval=None, ops=rec, **group)
+    for key in POINT_KEYS:
+        writer.append(REC_SET, [key, [], {}, False, False, True])
+    writer.sync()
+    for i in range(n_points):
+        writer.begin_point()
+        for key in POINT_KEYS:
+            writer.append(REC_APPEND, [key, i])
+        writer.end_point()
+        if fsync != "always" and rng.random() < 0.3:
+            writer.sync()
+        if writer.durable_seq == writer.last_seq:
+            rec.mark(points=i + 1)
+    writer.abandon()
+
+
+@pytest.mark.parametrize("fsync", ["always", "group"])
+def test_points_are_recovered_whole_or_not_at_all(tmp_path, capsys, fsync):
+    from powerloss import simulate_points
+    report = Report()
+    for run in range(2 * SCALE):
+        rec = _recorder(tmp_path, f"run-{run}")
+        _drive_points(rec, 40, fsync, seed=900 + run)
+        report.add(simulate_points(rec, JOURNAL, POINT_KEYS, seed=run,
+                                   samples=12))
+    with capsys.disabled():
+        print(f"\n[points, {fsync}] {report.summary()}")
+    assert report.states > 0
+    assert report.violating_states == 0, report.violations[:3]

@@ -455,3 +455,34 @@ def test_resume_uses_the_last_checkpoint_replay_trusts(tmp_path):
     _info, state, seq = load_checkpoint(path)
     assert (seq, state.checkpoint) == (good, {"i": 1})
     assert state.datasets.local["ys"] == [1]
+
+
+def test_journal_point_makes_a_scan_point_one_unit(tmp_path, monkeypatch):
+    from artiq_journal.journal.constants import REC_POINT_BEGIN, REC_POINT_END
+    from artiq_journal.journal.reader import JournalReader
+    monkeypatch.delenv("ARTIQ_JOURNAL_RESUME", raising=False)
+    exp, mgr, live = _experiment(tmp_path, 2, {})
+    exp.set_dataset("xs", [], archive=True)
+    exp.set_dataset("ys", [], archive=True)
+    for i in range(3):
+        with exp.journal_point():
+            exp.append_to_dataset("xs", i)
+            exp.append_to_dataset("ys", 2 * i)
+        exp.checkpoint(i=i + 1)
+    with exp.journal_point():
+        exp.append_to_dataset("xs", 3)
+        live.abandon()      # the run dies inside the point
+    types = [r.rtype for r in JournalReader(live.path)]
+    assert types.count(REC_POINT_BEGIN) == 4
+    assert types.count(REC_POINT_END) == 3
+    result = replay(live.path)
+    assert result.state.datasets.local["xs"] == [0, 1, 2]
+    assert result.state.datasets.local["ys"] == [0, 2, 4]
+    assert result.partial_point is not None
+
+
+def test_journal_point_without_a_journal_is_a_no_op(tmp_path):
+    mgr = DatasetManager(FakeDB(None))
+    exp = Resumable((None, mgr, runner_env.ProcessArgumentManager({}), {}))
+    with exp.journal_point():
+        pass

@@ -17,7 +17,7 @@ import pytest
 
 from artiq_journal.errors import CorruptSnapshot, JournalFailed, NoSnapshot
 from artiq_journal.journal import codec, framing
-from artiq_journal.journal.constants import (FORMAT_VERSION, REC_SET,
+from artiq_journal.journal.constants import (SNAPSHOT_VERSION as FORMAT_VERSION, REC_SET,
                                              SEGMENT_HEADER_SIZE,
                                              SNAPSHOT_HEADER,
                                              SNAPSHOT_HEADER_SIZE,

@@ -13,6 +13,7 @@ from typing import Any
 
 from .journal.constants import (REC_APPEND, REC_ARCHIVE, REC_CHECKPOINT,
                                 REC_CLOSE, REC_HEARTBEAT, REC_MUTATE,
+                                REC_POINT_BEGIN, REC_POINT_END,
                                 REC_RESUMED_FROM, REC_RUN_INFO, REC_SET,
                                 REC_STAGE)
 from .state import DatasetState
@@ -201,6 +202,14 @@ def _heartbeat(st: RunState, p: Any) -> None:
     st.last_heartbeat = float(p[0])
 
 
+def _point_marker(st: RunState, p: Any) -> None:
+    # point_begin / point_end: [] (later fields ignored).  Grouping the
+    # records between them is replay's business (replay.py); applied on
+    # its own a marker changes nothing.
+    if not isinstance(p, list):
+        raise BadRecord("point marker is not an array")
+
+
 def _close(st: RunState, p: Any) -> None:
     (reason,) = _fields(p, 1)
     st.closed = True
@@ -218,4 +227,6 @@ _HANDLERS = {
     REC_RESUMED_FROM: _resumed_from,
     REC_CLOSE: _close,
     REC_HEARTBEAT: _heartbeat,
+    REC_POINT_BEGIN: _point_marker,
+    REC_POINT_END: _point_marker,
 }

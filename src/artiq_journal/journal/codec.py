@@ -19,7 +19,7 @@ import functools
 import re
 import struct
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import msgpack
 import numpy as np
@@ -89,35 +89,154 @@ class LargeArray(Exception):
     array worth writing from its own buffer (see :func:`pack_parts`)."""
 
 
+def _ext(code: int, data: bytes) -> msgpack.ExtType:
+    # msgpack.ExtType's Python __new__ only checks the field types, which
+    # are right here by construction; it costs more than the rest of
+    # encoding a numpy scalar.  The packer reads the two fields.
+    return _tuple_new(msgpack.ExtType, (code, data))
+
+
+_tuple_new = tuple.__new__
+
+
 def _default_zero_copy(obj: Any) -> msgpack.ExtType:
-    if type(obj) is np.ndarray and obj.nbytes >= ZERO_COPY_MIN:
+    kind = type(obj)
+    scalar = _SCALAR_STRUCT.get(kind)
+    if scalar is not None:
+        # The hot case (np.float64 & co.) without a second call.
+        return _tuple_new(msgpack.ExtType,
+                          (EXT_NPSCALAR, scalar[0] + scalar[1](obj)))
+    if kind is np.ndarray and obj.nbytes >= ZERO_COPY_MIN:
         raise LargeArray
     return _default(obj)
+
+
+#: ext-2 data up to the raw bytes, per numpy scalar type of a fixed-size
+#: kind (filled on first use): the same bytes as
+#: ``_PACK_PLAIN([dtype.str, raw])`` without packing them per value.
+_SCALAR_PREFIX: dict = {}
+#: (prefix, struct pack of the raw bytes) for the common numpy scalar
+#: types: the same bytes as ``prefix + obj.tobytes()``, faster.
+_SCALAR_STRUCT: dict = {}
+#: ext-1 array header (``[dtype.str, shape]`` packed) per (dtype, shape).
+_ARRAY_HEAD: dict = {}
+_ARRAY_HEAD_MAX = 256
+#: Packers for tuple items, one per tuple nesting depth (a packer cannot
+#: be re-entered from its own default hook); per thread.
+_tuple_packers = threading.local()
+
+
+def _scalar_ext(obj: Any) -> msgpack.ExtType:
+    prefix = _SCALAR_PREFIX.get(type(obj))
+    if prefix is not None:
+        return _ext(EXT_NPSCALAR, prefix + obj.tobytes())
+    dtype = obj.dtype
+    _check_dtype(dtype)
+    raw = obj.tobytes()
+    data = _PACK_PLAIN([dtype.str, raw])
+    if dtype.kind in "biufc" and 0 < dtype.itemsize < 256 \
+            and data.endswith(raw):
+        # Fixed-size kinds: every value of this type has this dtype.str
+        # (numpy scalars are native-endian) and this prefix.
+        prefix = data[:len(data) - len(raw)]
+        _SCALAR_PREFIX[type(obj)] = prefix
+        code = _STRUCT_CODES.get(dtype.str)
+        if code is not None:
+            pack_raw = struct.Struct(code).pack
+            if pack_raw(obj) == raw:
+                _SCALAR_STRUCT[type(obj)] = (prefix, pack_raw)
+    return _ext(EXT_NPSCALAR, data)
+
+
+#: struct codes giving exactly a numpy scalar's ``tobytes()``.
+_STRUCT_CODES = {"<f8": "<d", "<f4": "<f", "<i8": "<q", "<i4": "<i",
+                 "<i2": "<h", "|i1": "<b", "<u8": "<Q", "<u4": "<I",
+                 "<u2": "<H", "|u1": "<B"}
+
+
+def _array_ext(obj: np.ndarray) -> msgpack.ExtType:
+    key = (obj.dtype, obj.shape)
+    head = _ARRAY_HEAD.get(key)
+    if head is None:
+        _check_array_dtype(obj.dtype)
+        head = _PACK_PLAIN([obj.dtype.str, list(obj.shape)])
+        if len(_ARRAY_HEAD) >= _ARRAY_HEAD_MAX:
+            _ARRAY_HEAD.clear()
+        _ARRAY_HEAD[key] = head
+    # tobytes() is C order whatever the array's layout.
+    return _ext(EXT_NDARRAY, head + obj.tobytes())
+
+
+def _is_flat_index(obj: tuple) -> bool:
+    for item in obj:
+        if type(item) is not int and item is not None:
+            return False
+    return True
+
+
+def _index_tuple_data(obj: tuple) -> bytes | None:
+    """The ext-3 data of a mutate index -- a tuple of ints/None, or of up
+    to 4 such tuples -- packed by the plain packer in one call (ints and
+    None pack alike in both packers; inner tuples go in as ready ext
+    objects), or None for anything else.  ``type(x) is int``: not bool."""
+    items = []
+    try:
+        for item in obj:
+            if type(item) is int or item is None:
+                items.append(item)
+            elif type(item) is tuple and len(item) <= 4 \
+                    and _is_flat_index(item):
+                items.append(_tuple_new(msgpack.ExtType, (
+                    EXT_TUPLE, _PACK_PLAIN(list(item)))))
+            else:
+                return None
+        return _PACK_PLAIN(items)
+    except OverflowError:
+        return None  # an int beyond 64 bits: a big-int ext, packed below
+
+
+def _tuple_ext(obj: tuple) -> msgpack.ExtType:
+    if len(obj) <= 4:
+        data = _index_tuple_data(obj)
+        if data is not None:
+            return _tuple_new(msgpack.ExtType, (EXT_TUPLE, data))
+    depth = getattr(_pack_depth, "value", 0)
+    if depth >= MAX_EXT_DEPTH:
+        raise TypeError(f"cannot journal tuples nested more than "
+                        f"{MAX_EXT_DEPTH} deep (the reader refuses them)")
+    packers = getattr(_tuple_packers, "by_depth", None)
+    if packers is None:
+        packers = _tuple_packers.by_depth = [None] * MAX_EXT_DEPTH
+    packer = packers[depth]
+    if packer is None:
+        packer = packers[depth] = make_packer()
+    _pack_depth.value = depth + 1
+    try:
+        # The nesting bound is checked by the caller on the whole payload
+        # (which holds these bytes), as for lists.
+        data = packer.pack(list(obj))
+    except BaseException:
+        # A pack that raised may leave bytes in the packer's buffer.
+        packers[depth] = None
+        raise
+    finally:
+        _pack_depth.value = depth
+    return _ext(EXT_TUPLE, data)
 
 
 def _default(obj: Any) -> msgpack.ExtType:
     # Called by msgpack for everything it does not pack natively.  With
     # strict_types=True that includes tuples and subclasses such as
     # numpy.float64 (a float subclass), so their exact type survives.
-    if type(obj) is np.ndarray:
-        _check_array_dtype(obj.dtype)
-        head = _PACK_PLAIN([obj.dtype.str, list(obj.shape)])
-        body = np.ascontiguousarray(obj).tobytes()
-        return msgpack.ExtType(EXT_NDARRAY, head + body)
+    kind = type(obj)
+    if kind in _SCALAR_PREFIX:
+        return _ext(EXT_NPSCALAR, _SCALAR_PREFIX[kind] + obj.tobytes())
+    if kind is np.ndarray:
+        return _array_ext(obj)
+    if kind is tuple:
+        return _tuple_ext(obj)
     if isinstance(obj, np.generic):
-        _check_dtype(obj.dtype)
-        return msgpack.ExtType(EXT_NPSCALAR,
-                               _PACK_PLAIN([obj.dtype.str, obj.tobytes()]))
-    if type(obj) is tuple:
-        depth = getattr(_pack_depth, "value", 0)
-        if depth >= MAX_EXT_DEPTH:
-            raise TypeError(f"cannot journal tuples nested more than "
-                            f"{MAX_EXT_DEPTH} deep (the reader refuses them)")
-        _pack_depth.value = depth + 1
-        try:
-            return msgpack.ExtType(EXT_TUPLE, pack(list(obj)))
-        finally:
-            _pack_depth.value = depth
+        return _scalar_ext(obj)
     if type(obj) is complex:
         return msgpack.ExtType(EXT_COMPLEX, _COMPLEX.pack(obj.real, obj.imag))
     if type(obj) is int:
@@ -161,12 +280,23 @@ def nesting_depth(value: Any, limit: int = MAX_NESTING) -> int:
     return deepest
 
 
+_CONTAINERS = frozenset((list, tuple, dict))
+
+
 def nesting_exceeded(data: bytes, value: Any) -> bool:
     """Whether ``value``, encoded as ``data``, nests deeper than
     :data:`MAX_NESTING`.  Cheap unless ``data`` holds more container type
     bytes than that (then the value itself is measured)."""
     if len(data) <= MAX_NESTING:
         return False
+    if type(value) is list and len(value) <= 8:
+        # A record payload such as [key, value]: no container inside, so
+        # depth 1 (arrays and scalars do not nest).
+        for item in value:
+            if type(item) in _CONTAINERS:
+                break
+        else:
+            return False
     if len(data) - len(data.translate(None, _NESTING_MARKERS)) \
             <= MAX_NESTING:
         return False
@@ -205,6 +335,78 @@ def pack_parts(obj: Any) -> list:
         else:
             parts.append(packer.pack(item))
     return parts
+
+
+def _array_header_size(n: int) -> int:
+    return 1 if n <= 15 else 3 if n <= 0xffff else 5
+
+
+def pack_stream(obj: Any, chunk_items: int = 1 << 16) -> Iterator:
+    """The bytes of ``pack(obj)``, exactly, as a sequence of pieces (bytes,
+    or memoryviews of large C-contiguous arrays' own memory): for writing
+    a large value without holding its whole encoding.  Maps and lists are
+    opened here, list items packed ``chunk_items`` at a time; an array of
+    at least :data:`ZERO_COPY_MIN` bytes is not copied.  Raises TypeError
+    as :func:`pack` does (nesting included) -- possibly after some pieces:
+    a caller must then discard what it wrote."""
+    packer = make_packer()
+    try:
+        yield from _stream(obj, 1, packer, chunk_items)
+    except ValueError as exc:
+        # msgpack's own recursion limit: deeper than anything we accept.
+        raise TypeError(f"cannot journal value: {exc}") from None
+
+
+def _too_deep() -> TypeError:
+    return TypeError(f"cannot journal containers nested more than "
+                     f"{MAX_NESTING} levels deep (the reader refuses them)")
+
+
+def _stream(obj: Any, depth: int, packer: msgpack.Packer,
+            chunk_items: int) -> Iterator:
+    kind = type(obj)
+    if kind is dict:
+        if depth > MAX_NESTING:
+            raise _too_deep()
+        yield packer.pack_map_header(len(obj))
+        for key, value in obj.items():
+            yield from _stream(key, depth + 1, packer, chunk_items)
+            yield from _stream(value, depth + 1, packer, chunk_items)
+    elif kind is list:
+        if depth > MAX_NESTING:
+            raise _too_deep()
+        n = len(obj)
+        yield packer.pack_array_header(n)
+        for start in range(0, n, chunk_items):
+            part = obj[start:start + chunk_items]
+            head = _array_header_size(len(part))
+            if type(part[0]) is float:
+                # Most likely a scan's floats: packed first, then checked
+                # to be item after item a float 64 (0xcb + 8 bytes) from
+                # the first to the last -- scalars only, nothing nests.
+                data = packer.pack(part)
+                if len(data) == head + 9 * len(part) and (np.frombuffer(
+                        data, np.uint8)[head::9] == 0xcb).all():
+                    yield memoryview(data)[head:]
+                    continue
+            types = set(map(type, part))
+            if types & _CONTAINERS or np.ndarray in types:
+                for item in part:
+                    yield from _stream(item, depth + 1, packer, chunk_items)
+            else:
+                # Scalars only (one set() over the types, in C): packed as
+                # a list, its header left out.
+                yield memoryview(packer.pack(part))[head:]
+    elif kind is np.ndarray and obj.nbytes >= ZERO_COPY_MIN:
+        _check_array_dtype(obj.dtype)
+        arr = np.ascontiguousarray(obj)
+        head = _PACK_PLAIN([arr.dtype.str, list(arr.shape)])
+        yield _EXT32.pack(0xc9, len(head) + arr.nbytes, EXT_NDARRAY) + head
+        yield memoryview(arr.reshape(-1).view(np.uint8))
+    else:
+        if kind is tuple and nesting_depth(obj) + depth - 1 > MAX_NESTING:
+            raise _too_deep()
+        yield packer.pack(obj)
 
 
 _PLAIN_PACKER = msgpack.Packer(use_bin_type=True, strict_types=False)
@@ -387,15 +589,28 @@ def _could_hold_timestamp(data: bytes) -> bool:
 
 
 def _reject_timestamps(value: Any) -> None:
-    if isinstance(value, msgpack.Timestamp):
+    # Decoded values have exact built-in types.  One set() of the item
+    # types per container (in C) instead of a call per item: a checkpoint
+    # holds lists of millions of floats.
+    timestamp = msgpack.Timestamp
+    if type(value) is timestamp:
         raise DecodeError("msgpack timestamp ext is not a journal type")
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            _reject_timestamps(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _reject_timestamps(key)
-            _reject_timestamps(item)
+    stack = [value]
+    while stack:
+        obj = stack.pop()
+        kind = type(obj)
+        if kind is list or kind is tuple:
+            items = obj
+        elif kind is dict:
+            items = [*obj.keys(), *obj.values()]
+        else:
+            continue
+        types = set(map(type, items))
+        if timestamp in types:
+            raise DecodeError("msgpack timestamp ext is not a journal type")
+        if not types.isdisjoint(_CONTAINERS):
+            stack.extend(item for item in items
+                         if type(item) in _CONTAINERS)
 
 
 def make_unpack(max_bytes: int) -> Callable[[bytes], Any]:

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import struct
 
-#: Version of the journal directory format (segments and checkpoints).
-FORMAT_VERSION = 1
+#: Version of the journal format the writer writes in segment headers.
+#: Version 2 added the point records (REC_POINT_BEGIN/REC_POINT_END).
+FORMAT_VERSION = 2
+#: Segment header versions a reader accepts: version 1 is version 2
+#: without point records.
+SEGMENT_VERSIONS = (1, 2)
+#: Version of checkpoint (snapshot) files: unchanged by format version 2.
+SNAPSHOT_VERSION = 1
 
 # --- segment files -----------------------------------------------------------
 
@@ -49,6 +55,8 @@ REC_CHECKPOINT = 7    # [user_state]   (a snapshot covering it follows)
 REC_RESUMED_FROM = 8  # {"rid":..., "seq":..., "journal":...}
 REC_CLOSE = 9         # [reason]       (writer closed: nothing follows)
 REC_HEARTBEAT = 10    # [unix_time]    (the writer's process is alive; no-op)
+REC_POINT_BEGIN = 11  # []             (format 2: the records up to the
+REC_POINT_END = 12    # []              matching point_end are one unit)
 
 #: The one close reason that says the data is elsewhere: ARTIQ's results
 #: file was written, read back (same rid) and fsynced before the close.
@@ -74,6 +82,8 @@ RECORD_TYPE_NAMES = {
     REC_RESUMED_FROM: "resumed_from",
     REC_CLOSE: "close",
     REC_HEARTBEAT: "heartbeat",
+    REC_POINT_BEGIN: "point_begin",
+    REC_POINT_END: "point_end",
 }
 
 # --- checkpoint (snapshot) files -------------------------------------------------

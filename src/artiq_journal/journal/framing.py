@@ -10,6 +10,7 @@ import zlib
 from typing import NamedTuple
 
 from .constants import (CRC_FIELD, FORMAT_VERSION, RECORD_HEADER,
+                        SEGMENT_VERSIONS,
                         RECORD_HEADER_SIZE, RECORD_HEADER_TAIL,
                         RECORD_TYPE_NAMES, SEGMENT_HEADER,
                         SEGMENT_HEADER_SIZE, SEGMENT_MAGIC, SEGMENT_PREFIX,
@@ -74,9 +75,10 @@ def decode_segment_header(data: bytes) -> SegmentHeader:
         raise ValueError("segment header CRC mismatch")
     if data[28:SEGMENT_HEADER_SIZE] != bytes(4):
         raise ValueError("nonzero reserved bytes in segment header")
-    if version != FORMAT_VERSION:
+    if version not in SEGMENT_VERSIONS:
         raise ValueError(f"unsupported format version {version} "
-                         f"(this reader knows {FORMAT_VERSION})")
+                         f"(this reader knows "
+                         f"{', '.join(map(str, SEGMENT_VERSIONS))})")
     if flags != 0:
         raise ValueError(f"unknown segment flags {flags:#x}")
     return SegmentHeader(version, number, first_seq)
@@ -99,3 +101,44 @@ def record_crc(header_bytes: bytes, payload: bytes) -> int:
 
 def type_name(rtype: int) -> str:
     return RECORD_TYPE_NAMES.get(rtype, f"type-{rtype}")
+
+
+def _gf2_times(mat: list, vec: int) -> int:
+    total = 0
+    i = 0
+    while vec:
+        if vec & 1:
+            total ^= mat[i]
+        vec >>= 1
+        i += 1
+    return total
+
+
+def _gf2_square(mat: list) -> list:
+    return [_gf2_times(mat, mat[n]) for n in range(32)]
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of A‖B from crc1 = CRC of A, crc2 = CRC of B and len2 = the
+    length of B (zlib's ``crc32_combine``, which Python does not expose):
+    lets a writer stream a payload and CRC a header it can only build
+    afterwards."""
+    if len2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << n for n in range(31)]  # one zero bit
+    even = _gf2_square(odd)   # two zero bits
+    odd = _gf2_square(even)   # four
+    while True:
+        even = _gf2_square(odd)
+        if len2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2

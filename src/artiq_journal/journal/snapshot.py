@@ -25,10 +25,10 @@ from ..errors import (CorruptSnapshot, JournalFailed, NoSnapshot,
                       NotRegularFile,
                       UnsupportedSnapshotVersion)
 from . import codec
-from .constants import (DEFAULT_MAX_SNAPSHOT_BYTES, FORMAT_VERSION,
+from .constants import (DEFAULT_MAX_SNAPSHOT_BYTES, SNAPSHOT_VERSION,
                         SNAPSHOT_HEADER, SNAPSHOT_HEADER_SIZE, SNAPSHOT_MAGIC,
                         SNAPSHOT_NAME, SNAPSHOT_NEW, SNAPSHOT_OLD)
-from .framing import crc32
+from .framing import crc32, crc32_combine
 from .fsio import OS_FILE_OPS, FileOps
 from .safefile import (CREATE_MODE, O_CLOEXEC, O_NOFOLLOW,
                        open_regular_file)
@@ -38,10 +38,10 @@ _CRC_COVERED = 32
 
 
 def encode_snapshot(seq: int, payload: bytes) -> bytes:
-    head = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, 0, 0, seq,
+    head = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, 0, seq,
                                 len(payload), 0)[:_CRC_COVERED]
     crc = crc32(payload, crc32(head))
-    return SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, 0, 0, seq,
+    return SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, 0, seq,
                                 len(payload), crc) + payload
 
 
@@ -78,10 +78,10 @@ def read_snapshot_file(path: str,
         if head[36:SNAPSHOT_HEADER_SIZE] != bytes(4):
             raise CorruptSnapshot("nonzero reserved bytes in snapshot "
                                   "header", path=path, offset=36)
-        if version != FORMAT_VERSION:
+        if version != SNAPSHOT_VERSION:
             raise UnsupportedSnapshotVersion(
                 f"unsupported snapshot format version {version} (this reader "
-                f"knows {FORMAT_VERSION})", path=path, offset=8)
+                f"knows {SNAPSHOT_VERSION})", path=path, offset=8)
         if length > max_bytes or SNAPSHOT_HEADER_SIZE + length != size:
             raise CorruptSnapshot(
                 f"snapshot payload length {length} does not match the file "
@@ -141,9 +141,14 @@ def write_snapshot(journal_dir: str, seq: int, state: Any, *,
 
     Durable when it returns (two fsyncs: the file, then the directory) unless
     ``sync`` is False (tests only).  On any OSError raises JournalFailed and
-    leaves the previous snapshot loadable.
+    leaves the previous snapshot loadable; TypeError (nothing renamed) for
+    a state that cannot be encoded.
+
+    The payload is streamed (:func:`codec.pack_stream`): written piece by
+    piece after a zeroed header, which is written last, in place, once the
+    length and CRC are known -- a file cut anywhere before that fails the
+    magic check.  No copy of the encoded state is held.
     """
-    data = encode_snapshot(seq, codec.pack(state))
     new_path = os.path.join(journal_dir, SNAPSHOT_NEW)
     cur_path = os.path.join(journal_dir, SNAPSHOT_NAME)
     old_path = os.path.join(journal_dir, SNAPSHOT_OLD)
@@ -171,20 +176,31 @@ def write_snapshot(journal_dir: str, seq: int, state: Any, *,
                       | O_NOFOLLOW | O_CLOEXEC, CREATE_MODE)
         try:
             step = "write"
-            view = memoryview(data)
-            while view:
-                written = ops.write(fd, view)
-                if written <= 0:
-                    raise OSError(errno.EIO, "write made no progress")
-                view = view[written:]
+            length = _write_payload(fd, state, ops)
+            head = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, 0,
+                                        seq, length[0], 0)[:_CRC_COVERED]
+            crc = crc32_combine(crc32(head), length[1], length[0])
+            os.lseek(fd, 0, os.SEEK_SET)
+            _write_all(fd, SNAPSHOT_HEADER.pack(
+                SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, 0, seq, length[0], crc),
+                ops)
             if sync:
                 step = "fsync"
                 # The data must be durable before the renames make it the
                 # current snapshot, or power loss could leave a renamed but
                 # empty file and no older snapshot to fall back on.
                 ops.fsync(fd)
-        finally:
+        except TypeError:
+            # Cannot be encoded: the incomplete checkpoint.new (its header
+            # still zero) goes; the current snapshot is untouched.
             ops.close(fd)
+            fd = None
+            ops.unlink(new_path)
+            raise
+        finally:
+            if fd is not None:
+                ops.close(fd)
+        size = SNAPSHOT_HEADER_SIZE + length[0]
         step = "rename"
         if os.path.lexists(cur_path):
             ops.rename(cur_path, old_path)
@@ -196,4 +212,42 @@ def write_snapshot(journal_dir: str, seq: int, state: Any, *,
     except OSError as exc:
         raise JournalFailed(f"snapshot {step} failed: {exc.strerror or exc}",
                             path=new_path) from exc
-    return len(data)
+    return size
+
+
+#: Small pieces of a streamed payload are gathered up to this size before
+#: a write (large arrays go straight from their own memory).
+_WRITE_CHUNK = 1 << 20
+
+
+def _write_all(fd: int, data: Any, ops: FileOps) -> None:
+    view = memoryview(data)
+    while view:
+        written = ops.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[written:]
+
+
+def _write_payload(fd: int, state: Any, ops: FileOps) -> tuple[int, int]:
+    """Write a zeroed header, then ``state``'s encoding after it; return
+    (payload length, CRC of the payload)."""
+    _write_all(fd, bytes(SNAPSHOT_HEADER_SIZE), ops)
+    length = crc = 0
+    pending = bytearray()
+    for piece in codec.pack_stream(state):
+        length += len(piece)
+        crc = crc32(piece, crc)
+        if len(piece) >= _WRITE_CHUNK // 16:
+            if pending:
+                _write_all(fd, pending, ops)
+                pending = bytearray()
+            _write_all(fd, piece, ops)
+        else:
+            pending += piece
+            if len(pending) >= _WRITE_CHUNK:
+                _write_all(fd, pending, ops)
+                pending = bytearray()
+    if pending:
+        _write_all(fd, pending, ops)
+    return length, crc

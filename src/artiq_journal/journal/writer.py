@@ -45,7 +45,8 @@ from ..errors import (CorruptRecord, CorruptSnapshot, JournalClosed,
 from . import codec, lock as journal_lock, snapshot as snapshots
 from .constants import (CRC_FIELD, DEFAULT_MAX_RECORD_BYTES, RECORD_HEADER_SIZE,
                         DEFAULT_SEGMENT_BYTES, RECORD_HEADER_TAIL, REC_CLOSE,
-                        REC_HEARTBEAT, SEGMENT_HEADER_SIZE)
+                        REC_HEARTBEAT, REC_POINT_BEGIN, REC_POINT_END,
+                        SEGMENT_HEADER_SIZE)
 from .framing import (crc32, decode_segment_header, encode_segment_header,
                       segment_name)
 from .fsio import OS_FILE_OPS, FileOps, missing_directories
@@ -179,6 +180,9 @@ class JournalWriter:
         self._crc_pack = CRC_FIELD.pack
         self._write = ops.write
         self._always = fsync == "always"
+        #: Inside begin_point()/end_point(): appends are not synced one by
+        #: one (the point_end record syncs them all under "always").
+        self._in_point = False
 
         self._ensure_dir()
         self._lock = journal_lock.acquire(self.path)
@@ -455,6 +459,44 @@ class JournalWriter:
         if offset >= self.segment_bytes:
             self._rotate()
         return seq
+
+    # -- points ------------------------------------------------------------------
+
+    @property
+    def in_point(self) -> bool:
+        """True between :meth:`begin_point` and :meth:`end_point`."""
+        return self._in_point
+
+    def begin_point(self) -> int:
+        """Start a point: the records appended until :meth:`end_point` are
+        one unit.  Readers apply them only once the ``point_end`` record is
+        read (a crash inside the point loses the whole point, never half of
+        it).  Under ``fsync="always"`` the records of the point are not
+        synced one by one: ``end_point`` syncs once, and only then is the
+        point acknowledged.  Returns the ``point_begin`` record's seq.
+        Points do not nest (ValueError)."""
+        if self._in_point:
+            raise ValueError("begin_point: a point is already open")
+        # Not synced (under "always" either): nothing of the point is
+        # acknowledged before its point_end is durable.
+        self._always = False
+        try:
+            seq = self.append(REC_POINT_BEGIN, [])
+        except BaseException:
+            self._always = self.fsync_policy == "always"
+            raise
+        self._in_point = True
+        return seq
+
+    def end_point(self) -> int:
+        """Commit the open point: append ``point_end`` and, under
+        ``fsync="always"``, fdatasync once (then the whole point is
+        durable).  Returns its seq."""
+        if not self._in_point:
+            raise ValueError("end_point: no point is open")
+        self._in_point = False
+        self._always = self.fsync_policy == "always"
+        return self.append(REC_POINT_END, [])
 
     def _sync_appended(self, seq: int) -> None:
         self._datasync(self._fd)
@@ -736,6 +778,10 @@ class JournalWriter:
     def _write_snapshot_locked(self, state: Any) -> int:
         if self._broken is not None:
             raise self._broken
+        if self._in_point:
+            # Its position would fall inside the point: a reader starting
+            # there would apply the point's tail without its head.
+            raise ValueError("write_snapshot inside an open point")
         with self._sync_lock:
             self._sync_locked()
         seq = self._seq

@@ -84,8 +84,13 @@ def find_journals(paths: Iterable[str], problems: list[Problem]
         else:
             candidates = _walk(root, problems)
             layout_root = root
+        # _walk follows no symlink below root: the real path of what it
+        # finds is the root's real path plus the rest (one realpath per
+        # root, not one per journal).
+        real_root = os.path.realpath(root)
         for path in candidates:
-            key = os.path.realpath(path)
+            key = real_root + path[len(root):] if path != root \
+                else os.path.realpath(path)
             if key not in seen:
                 seen.add(key)
                 found.append(FoundJournal(path, layout_root))

@@ -98,6 +98,9 @@ class RecoveryInfo:
     #: ``{key: value}``, and the keys of that point never appended.
     partial_point: dict | None = None
     partial_point_missing: list = field(default_factory=list)
+    #: ReplayResult.partial_point: a point begun with LiveJournal.point()
+    #: that the journal ends inside, kept aside, not in the datasets.
+    unfinished_point: dict | None = None
 
 
 def needs_escape(name: str) -> bool:
@@ -536,6 +539,23 @@ def _journal_group(f: h5py.File, state: RunState, info: RecoveryInfo,
             g["partial_point"].attrs["missing"] = json.dumps(
                 info.partial_point_missing)
             g["partial_point"].attrs[ENCODING_ATTR] = "pyon"
+    if info.unfinished_point is not None:
+        _unfinished_point(g, info.unfinished_point, sink)
+
+
+def _unfinished_point(g: h5py.Group, partial: dict, sink: _Sink) -> None:
+    """The trailing unfinished point (point markers), kept aside: attribute
+    ``unfinished_point`` (JSON ``{"begin_seq", "last_seq", "records"}``)
+    and dataset ``unfinished_point`` (PYON text ``[seq, type, payload]``
+    per record, ``""`` for one with no PYON text)."""
+    from ..journal.framing import type_name
+    records = partial["records"]
+    _set_attr(g.attrs, "unfinished_point", json.dumps(
+        {"begin_seq": partial["begin_seq"], "last_seq": partial["last_seq"],
+         "records": len(records)}), sink)
+    texts = [_as_pyon([seq, type_name(rtype), payload]) or ""
+             for seq, rtype, payload in records]
+    g["unfinished_point"] = _string_array(texts)
 
 
 def write_results_file(target: Any, state: RunState, info: RecoveryInfo, *,

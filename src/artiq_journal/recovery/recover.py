@@ -124,17 +124,19 @@ def _now() -> str:
 
 
 def _file_identity(path: str) -> list | None:
-    """``[device, inode, size, mtime_ns]`` of a regular file (not through a
-    symlink), or None: a marker that saw this file complete need not open
-    it again while it is the same file, unchanged (a tree of 10^4 finished
-    runs is then checked with one ``lstat`` each)."""
+    """``[device, inode, size, mtime_ns, ctime_ns]`` of a regular file (not
+    through a symlink), or None: a marker that saw this file complete need
+    not open it again while it is the same file, unchanged (a tree of 10^4
+    finished runs is then checked with one ``lstat`` each).  Any write, or
+    another file put in its place, changes it (ctime cannot be set back)."""
     try:
         st = os.stat(path, follow_symlinks=False)
     except OSError:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            st.st_ctime_ns]
 
 
 def _writer_identity(journal_dir: str) -> dict | None:
@@ -420,7 +422,7 @@ class _Recovery:
 
     def _replay(self) -> ReplayResult:
         rep = self.run_report
-        result = replay(self.path)
+        result = replay(self.path, compact_floats=True)
         state = result.state
         for d in result.diagnostics:
             severity = "info" if d.severity == "info" else "error"
@@ -432,6 +434,13 @@ class _Recovery:
                 # rotation is the normal case.)
                 severity = "warning"
             self.problem(d.message, severity, d.path, d.offset)
+        partial = result.partial_point
+        if partial is not None:
+            self.problem(f"the journal ends inside a point (seq "
+                         f"{partial['begin_seq']}..{partial['last_seq']}): "
+                         f"its {len(partial['records'])} records are left "
+                         "out of the datasets and kept aside in "
+                         "artiq_journal/unfinished_point", "warning")
         if result.records_untrusted:
             self.problem(f"{result.records_untrusted} intact records after "
                          "the damage were left out: records before them are "
@@ -505,9 +514,13 @@ class _Recovery:
             snapshot=rep.snapshot,
             snapshot_seq=result.snapshot.seq if result.snapshot else None,
             snapshot_note=result.snapshot_note,
-            problems=list(rep.problems))
+            problems=list(rep.problems),
+            unfinished_point=result.partial_point)
         try:
-            partial = split_partial_point(self.path, result.state)
+            # Point markers (LiveJournal.point) say exactly where a point
+            # was cut; the records' pattern is the fallback without them.
+            partial = None if result.partial_point is not None else \
+                split_partial_point(self.path, result.state)
         except Exception as exc:  # noqa: BLE001 - a refinement, not a need
             partial = None
             self.problem(f"cannot look for a scan point cut by the crash: "

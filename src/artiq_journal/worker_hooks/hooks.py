@@ -59,6 +59,10 @@ def make_hooks(mgr: Any, adapter: ArtiqAdapter,
 
     def mutate(key, index, value):
         orig_mutate(key, index, value)
+        if type(index) is slice:
+            # The codec has no slice; ARTIQ's mutate turns (start, stop,
+            # step) back into the same slice.
+            index = (index.start, index.stop, index.step)
         try:
             append(t_mutate, [key, index, value])
         except Exception as exc:

@@ -50,16 +50,18 @@ Every other journal stays.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import JournalError, JournalFailed, RecordTooLarge
 from ..journal.constants import (REC_APPEND, REC_ARCHIVE, REC_CHECKPOINT,
                                  REC_MUTATE, REC_RESUMED_FROM, REC_RUN_INFO,
                                  REC_SET, REC_STAGE, SNAPSHOT_NAME)
+from ..journal import codec
 from ..journal.writer import JournalWriter
 from ..runstate import RunState
 from . import config
@@ -168,6 +170,10 @@ class LiveJournal:
         self._snapshot_bytes = 0
         self._snapshot_pos = 0
         self._snapshot_time = time.monotonic()
+        #: Depth of nested point() blocks (inner ones join the outer).
+        self._point_depth = 0
+        #: A checkpoint() made inside a point, recorded when it ends.
+        self._deferred_checkpoint: dict | None = None
 
     # -- state -----------------------------------------------------------------
 
@@ -374,14 +380,58 @@ class LiveJournal:
         self._results_ok = seq is not None
         return self._results_ok
 
+    @contextlib.contextmanager
+    def point(self) -> Iterator[None]:
+        """``with journal.point(): ...``: the dataset operations inside
+        are one unit.  Recovery applies all of them or, when the run died
+        inside the block, none (kept aside in the recovered file's
+        ``artiq_journal/partial_point``); under ``fsync="always"`` they cost
+        one fdatasync together, at the end of the block.  The block is
+        committed however it is left (an exception inside it leaves the
+        live datasets as they are, and so does the journal).  Nested
+        blocks join the outermost one; a ``checkpoint()`` inside one is
+        recorded when it ends.  Without an active journal: no effect."""
+        if self._point_depth or not self.active:
+            self._point_depth += 1
+            try:
+                yield
+            finally:
+                self._point_depth -= 1
+            return
+        try:
+            self.writer.begin_point()
+        except Exception as exc:
+            self.fault("cannot journal point_begin", exc)
+        self._point_depth = 1
+        try:
+            yield
+        finally:
+            self._point_depth = 0
+            self._end_point()
+
+    def _end_point(self) -> None:
+        if self.active and self.writer.in_point:
+            try:
+                self.writer.end_point()
+            except Exception as exc:
+                self.fault("cannot journal point_end", exc)
+        deferred, self._deferred_checkpoint = self._deferred_checkpoint, None
+        if deferred is not None:
+            self.checkpoint(deferred)
+
     def checkpoint(self, user_state: dict) -> int | None:
         """Record the experiment's checkpoint; maybe write a snapshot (see
         "Snapshot policy").  Raises TypeError, writing nothing, when
         ``user_state`` cannot be journaled (the experiment's own explicit
-        call, so it is told).  Returns the record's seq."""
+        call, so it is told).  Returns the record's seq (None when made
+        inside a :meth:`point`: it is recorded when the point ends)."""
         if not self.active:
             if self._failure is not None:
                 raise self._failure
+            return None
+        if self._point_depth:
+            codec.pack(user_state)  # TypeError now, as outside a point
+            self._deferred_checkpoint = user_state
             return None
         try:
             seq = self._append(REC_CHECKPOINT, [user_state])

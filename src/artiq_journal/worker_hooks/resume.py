@@ -6,10 +6,13 @@ Usage (ARTIQ's ``EnvExperiment`` or the built-in runner's)::
         def run(self):
             state = self.resume_state(None)
             if state is None:                        # fresh run
+                self.set_dataset("xs", [], broadcast=True)
                 self.set_dataset("ys", [], broadcast=True)
                 state = {"i": 0}
             for i in range(state["i"], 100):
-                self.append_to_dataset("ys", measure(i))
+                with self.journal_point():           # recovered whole or not
+                    self.append_to_dataset("xs", i)
+                    self.append_to_dataset("ys", measure(i))
                 self.checkpoint(i=i + 1)             # datasets consistent here
 
 Naming the earlier run.  The mixin requests the string argument
@@ -49,6 +52,7 @@ TypeError -- nothing is ever pickled.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -60,7 +64,7 @@ from ..errors import ResumeError
 from ..journal import codec
 from ..journal.constants import JOURNAL_SUFFIX
 from ..journal.lock import is_locked
-from ..replay import last_checkpoint_seq, replay
+from ..replay import replay_to_last_checkpoint
 from . import config
 from .adapters import select_adapter
 from .live import LiveJournal, live_journal
@@ -116,12 +120,12 @@ def load_checkpoint(path: str) -> tuple[dict, Any, int]:
     if is_locked(path):
         raise ResumeError("journal is still being written by a live run",
                           path=path)
-    seq = last_checkpoint_seq(path)
+    result = replay_to_last_checkpoint(path)
+    state = result.state
+    seq = state.checkpoint_seq if state.checkpoint is not None else None
     if seq is None:
         raise ResumeError("journal has no checkpoint to resume from",
                           path=path)
-    result = replay(path, upto_seq=seq)
-    state = result.state
     if state.checkpoint_seq != seq or state.checkpoint is None:
         problems = "; ".join(str(d) for d in result.diagnostics) or "unknown"
         raise ResumeError(f"cannot rebuild the state at checkpoint seq {seq}"
@@ -265,6 +269,16 @@ class JournalResumable:
         :func:`artiq_journal.worker_hooks.storage.write_results`."""
         from .storage import write_results
         return write_results(self, path)
+
+    def journal_point(self) -> Any:
+        """``with self.journal_point(): ...`` makes the dataset operations
+        of one scan point a unit: recovered all or nothing, one fdatasync
+        under ``fsync="always"`` (:meth:`.live.LiveJournal.point`).  A
+        no-op context when the run is not journaled."""
+        live = live_journal(self._journal_dataset_mgr())
+        if live is None:
+            return contextlib.nullcontext()
+        return live.point()
 
     def resume_state(self, default: Any = None) -> Any:
         """``default`` on a fresh run; on a resumed run, restore the
