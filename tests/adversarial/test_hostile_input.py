@@ -14,7 +14,7 @@ import h5py
 import msgpack
 import pytest
 
-from conftest import (SRC, Journal, h5_beside, journal_dir, run_cli,
+from adversarial_support import (SRC, Journal, h5_beside, journal_dir, run_cli,
                       run_info, sample_journal)
 from artiq_journal.journal.constants import (REC_RUN_INFO, REC_SET,
                                              REC_STAGE)

@@ -18,7 +18,7 @@ import tempfile
 import h5py
 import pytest
 
-from conftest import SRC, as_root, h5_beside, journal_dir, run_cli, \
+from adversarial_support import SRC, as_root, h5_beside, journal_dir, run_cli, \
     sample_journal
 from artiq_journal.recovery import recover
 
@@ -121,7 +121,7 @@ def test_a_lock_held_by_another_process_names_it_and_exits_1(tmp_path):
 
 def test_lock_held_by_a_stranger_on_this_host_is_skipped_locked(tmp_path):
     import socket
-    from conftest import Journal, run_info
+    from adversarial_support import Journal, run_info
     path = journal_dir(tmp_path)
     j = Journal(path, info=run_info(path, 42, "Exp",
                                     host=socket.gethostname(), pid=1))

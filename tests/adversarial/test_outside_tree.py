@@ -13,7 +13,7 @@ import pytest
 
 import importlib
 
-from conftest import (artiq_write_results, as_root, h5_beside, journal_dir,
+from adversarial_support import (artiq_write_results, as_root, h5_beside, journal_dir,
                       sample_journal)
 from artiq_journal.journal.writer import JournalWriter
 from artiq_journal.recovery import recover

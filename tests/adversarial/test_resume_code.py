@@ -5,7 +5,7 @@ expid in a journal is a clear error, not a traceback."""
 
 from __future__ import annotations
 
-from conftest import Journal, journal_dir, run_cli, run_info
+from adversarial_support import Journal, journal_dir, run_cli, run_info
 from artiq_journal.journal.constants import REC_CHECKPOINT
 
 EXPERIMENT = '''

@@ -17,7 +17,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from conftest import (SRC, Journal, artiq_write_results, h5_beside,
+from adversarial_support import (SRC, Journal, artiq_write_results, h5_beside,
                       journal_dir, run_cli, sample_journal)
 from artiq_journal.journal import codec
 from artiq_journal.journal.constants import (REC_APPEND, REC_CLOSE,

@@ -1,4 +1,4 @@
-"""Shared helpers of the adversarial suite (issue 12): journals written by
+"""Shared helpers of tests/adversarial/ (issue 12): journals written by
 the real writer, hostile trees made from them by code, and subprocess
 runners with timeouts so a hang fails instead of stalling CI.
 
@@ -15,11 +15,7 @@ import sys
 
 import pytest
 
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
-
-from test_recovery import (SRC, Journal, artiq_write_results,  # noqa: E402
+from test_recovery import (SRC, Journal, artiq_write_results,
                            journal_dir, run_info, sample_journal)
 
 __all__ = ["SRC", "Journal", "artiq_write_results", "journal_dir",
