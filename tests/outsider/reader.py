@@ -20,7 +20,8 @@ from typing import Any, Optional
 import numpy as np
 
 # ---------------------------------------------------------------- 2. constants
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1           # snapshots (7.1)
+SEGMENT_VERSIONS = (1, 2)    # 2. constants: segments of format 2, and 1
 SEG_MAGIC = b"ARTIQWAL"
 SEG_HEADER = 32
 REC_HEADER = 20
@@ -333,7 +334,7 @@ def check_segment_header(head: bytes):
         return None, (3, "segment header CRC mismatch")
     if any(head[28:32]):
         return None, (4, "nonzero reserved bytes in segment header")
-    if version != FORMAT_VERSION:
+    if version not in SEGMENT_VERSIONS:
         return None, (5, f"unsupported version {version}")
     if flags != 0:
         return None, (6, "unknown segment flags")
