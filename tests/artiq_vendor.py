@@ -255,6 +255,25 @@ def drive_worker(job: dict, environment: dict, cwd: str,
                              f"{done.stderr[-3000:]}") from None
 
 
+def master_handlers(datasets: dict, process_mod) -> dict:
+    """What a master answers its ``Worker``: dataset DB reads and broadcast
+    updates on ``datasets`` (key -> (persist, value, metadata), changed in
+    place), no devices, never a pause or termination request."""
+    import copy
+
+    def update(mod):
+        process_mod(datasets, copy.deepcopy(mod))
+
+    return {
+        "get_dataset": lambda key: datasets[key][1],
+        "get_dataset_metadata": lambda key: datasets[key][2],
+        "update_dataset": update,
+        "get_device_db": lambda: {},
+        "scheduler_check_pause": lambda rid: False,
+        "scheduler_check_termination": lambda rid: False,
+    }
+
+
 def _progress_lines(progress: str) -> int:
     try:
         with open(progress) as f:
@@ -266,7 +285,6 @@ def _progress_lines(progress: str) -> int:
 def _drive(job_file: str, out_file: str) -> None:
     """The master side of :func:`drive_worker` (runs in the subprocess)."""
     import asyncio
-    import copy
     import json
     import logging
     import signal
@@ -286,17 +304,7 @@ def _drive(job_file: str, out_file: str) -> None:
     logging.getLogger().addHandler(Collect())
     logging.getLogger().setLevel(logging.INFO)
 
-    def update(mod):
-        process_mod(datasets, copy.deepcopy(mod))
-
-    handlers = {
-        "get_dataset": lambda key: datasets[key][1],
-        "get_dataset_metadata": lambda key: datasets[key][2],
-        "update_dataset": update,
-        "get_device_db": lambda: {},
-        "scheduler_check_pause": lambda rid: False,
-        "scheduler_check_termination": lambda rid: False,
-    }
+    handlers = master_handlers(datasets, process_mod)
     progress = job.get("progress") or ""
 
     async def watch(worker, running, n, kill_master):

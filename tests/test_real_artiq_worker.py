@@ -24,7 +24,6 @@ Skipped cleanly when the vendored ARTIQ (or its dependencies) is absent.
 from __future__ import annotations
 
 import asyncio
-import copy
 import glob
 import json
 import logging
@@ -138,17 +137,7 @@ def artiq_worker(tmp_path, monkeypatch):
     experiment.write_text(EXPERIMENT)
     datasets = {"calib": (True, 2.5, {"unit": "V"})}
 
-    def update(mod):
-        process_mod(datasets, copy.deepcopy(mod))
-
-    handlers = {
-        "get_dataset": lambda key: datasets[key][1],
-        "get_dataset_metadata": lambda key: datasets[key][2],
-        "update_dataset": update,
-        "get_device_db": lambda: {},
-        "scheduler_check_pause": lambda rid: False,
-        "scheduler_check_termination": lambda rid: False,
-    }
+    handlers = artiq_vendor.master_handlers(datasets, process_mod)
 
     async def drive(rid, expid, progress, kill_after):
         worker = Worker(handlers)
