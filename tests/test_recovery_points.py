@@ -139,3 +139,32 @@ def test_lists_that_are_not_one_scan_are_never_trimmed(tmp_path):
     with h5py.File(run.output, "r") as f:
         assert len(f["datasets/x"]) == 6 and len(f["datasets/y"]) == 5
         assert "partial_point" not in f["artiq_journal"]
+
+
+def test_a_scan_of_one_list_never_reads_past_the_tail_window(
+        tmp_path, monkeypatch):
+    # A long scan appending to one list (plus a per-point scalar): no point
+    # can be cut between lists, which the tail window alone shows, so the
+    # whole last segment is not read again (it was: 10x the recovery time).
+    from artiq_journal.recovery import points
+    j = Journal(journal_dir(tmp_path))
+    j.stage("run", 1.0)
+    j.op("set", "counts", [], {}, True, False, True)
+    for i in range(6000):                     # ~170 KiB: past the window
+        j.op("append_to", "counts", float(i))
+        if i % 10 == 9:
+            j.op("set", "scan.point", i, {}, True, False, True)
+    j.crash()
+    windows = []
+    real_look = points.look
+
+    def look(path, window):
+        windows.append(window)
+        return real_look(path, window)
+    monkeypatch.setattr(points, "look", look)
+    (run,) = recover(tmp_path).runs
+    assert run.outcome == "recovered", run.problems
+    assert windows == [points.DEFAULT_WINDOW]
+    with h5py.File(run.output, "r") as f:
+        assert len(f["datasets/counts"]) == 6000
+        assert "partial_point" not in f["artiq_journal"]

@@ -117,6 +117,15 @@ def _cut_point(journal_dir: str, state: RunState, window: int) -> Any:
     if found is None:
         return None
     period, start = found
+    # Which datasets a point appends to does not depend on where in the
+    # period points begin: decided before (and without) looking further
+    # back, so a scan that appends to one list -- or to one list several
+    # times per point -- never costs the read of the whole last segment.
+    appended = [key for rtype, key in tokens[start:start + period]
+                if rtype == REC_APPEND]
+    if len(appended) < 2 or None in appended or \
+            len(set(appended)) != len(appended):
+        return None
     if start == 0:
         # The repeating part begins where the window does: where a point
         # begins is not known, and guessing could cut a whole point.
@@ -126,11 +135,6 @@ def _cut_point(journal_dir: str, state: RunState, window: int) -> Any:
     # the count of its repeating records is not a multiple of the period.
     cut = (len(tokens) - start) % period
     if cut == 0:
-        return None
-    point = tokens[start:start + period]
-    appended = [key for rtype, key in point if rtype == REC_APPEND]
-    if len(appended) < 2 or None in appended or \
-            len(set(appended)) != len(appended):
         return None
     done = [key for rtype, key in tokens[-cut:] if rtype == REC_APPEND]
     if not done:
