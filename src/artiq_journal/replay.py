@@ -26,6 +26,7 @@ from .journal.framing import type_name
 from .journal.reader import Diagnostic, JournalReader, Position
 from .journal.snapshot import Snapshot, load_snapshot
 from .runstate import BadRecord, RunState
+from .trail import RecordTrail
 
 
 @dataclass
@@ -44,6 +45,8 @@ class ReplayResult:
     #: the state: ``{"begin_seq", "last_seq", "records"}``; None if none.
     #: ``records`` are its ``(seq, type, payload)`` (kept aside, not applied).
     partial_point: dict | None = None
+    #: With ``trail=True``: the shapes of the applied records, in order.
+    trail: RecordTrail | None = None
 
     @property
     def damaged(self) -> bool:
@@ -152,6 +155,7 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
            max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
            on_record: Callable[[int], None] | None = None,
            compact_floats: bool = False,
+           trail: bool = False,
            _hold: dict | None = None) -> ReplayResult:
     """Rebuild the state of the journal at ``path``.
 
@@ -164,6 +168,9 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
     Python floats by ``append_to`` (an empty list set, then float appends)
     comes back as a float64 numpy array instead of a list -- the same
     content in an HDF5 file, 8 bytes per value instead of ~32.
+
+    ``trail`` (recovery): keep ``result.trail``, the shape of each applied
+    record (for finding a scan point the crash cut).
     """
     path = os.fspath(path)
     result = ReplayResult(path, RunState())
@@ -173,6 +180,12 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
                            after_seq=after_seq, start=position)
     apply = state.apply
     seen = untrusted = bad = 0
+    if trail:
+        shapes = result.trail = RecordTrail(from_start=position is None
+                                            and after_seq == 0)
+        shape_of, shape_ids = shapes.add, shapes.ids.append
+    else:
+        shapes = shape_of = shape_ids = None
     # Set after a record that cannot be applied: everything after it
     # depends on it, so nothing later is trusted either.
     poisoned = False
@@ -190,8 +203,10 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
         target = list_target(key)
         if target is None:
             return None
-        entry = targets[key] = [target, array.array("d") if compact_floats
-                                and not target else None]
+        entry = targets[key] = [
+            target, array.array("d") if compact_floats and not target
+            else None, shapes.append_key_id(key) if shapes is not None
+            else None]
         return entry
 
     def forget(key=None):
@@ -227,10 +242,17 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
                 batch = list(itertools.takewhile(
                     lambda r: r[0] <= stop_after, batch))
             seen += len(batch)
+            if shapes is not None:
+                shapes.trim()
             for seq, rtype, payload, segment, offset, trusted in batch:
                 if not trusted or poisoned:
                     untrusted += 1
                     continue
+                # Fast appends note their shape below, where the key's
+                # entry holds it.
+                if shape_of is not None and rtype != REC_HEARTBEAT and \
+                        (rtype != REC_APPEND or pending is not None):
+                    shape_of(rtype, payload)
                 if pending is not None:
                     if rtype == REC_POINT_END and type(payload) is list:
                         if fast_seq:
@@ -290,7 +312,11 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
                                 del column[:]
                             entry[0].append(value)
                         fast_seq = seq
+                        if shape_ids is not None:
+                            shape_ids(entry[2])
                         continue
+                if shape_of is not None and rtype == REC_APPEND:
+                    shape_of(rtype, payload)
                 if fast_seq:
                     state.last_seq, state.closed, fast_seq = fast_seq, False, 0
                 if targets:
@@ -326,6 +352,8 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
             "records": [r[:3] for r in pending]}
     if fast_seq:
         state.last_seq, state.closed = fast_seq, False
+    if poisoned and shapes is not None:
+        shapes.valid = False    # it holds the shape of the bad record
     if compact_floats:
         _columns_to_arrays(state, targets)
     forget()
@@ -352,7 +380,7 @@ def _columns_to_arrays(state: RunState, targets: dict) -> None:
     list object is (``local`` and, shared, ``broadcast``)."""
     import numpy as np
     datasets = state.datasets
-    for key, (target, column) in list(targets.items()):
+    for key, (target, column, _) in list(targets.items()):
         if not column or target:
             continue
         values = np.frombuffer(column, dtype=np.float64)

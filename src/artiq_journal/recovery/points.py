@@ -16,21 +16,27 @@ points.  Recovery therefore looks at the records that end the journal:
 
 Then the last entry of each of those lists is removed from the datasets and
 kept aside (``artiq_journal/partial_point`` in the recovered file), and the
-report says so.  When the set-up is not in sight (the last 64 KiB, then the
-whole last segment, begin inside the scan) where a point begins is not
-known, and nothing is changed: trimming by evidence, never by a guess.
-Only the trusted records that replay applied are used (the journal's tail,
-chained up to the last trusted sequence number).
+report says so.  The records looked at are the trusted ones replay
+applied, as replay saw them (their shapes, ``trail.py``: no second read of
+the journal); only when those begin inside the scan (replay started from a
+snapshot) are the journal's files read: the last 64 KiB, then the whole
+last segment.  When the set-up is not in sight either way, where a point
+begins is not known, and nothing is changed: trimming by evidence, never
+by a guess.
 """
 
 from __future__ import annotations
 
+import array
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..journal.constants import REC_APPEND, REC_HEARTBEAT
 from ..journal.tail import look
 from ..runstate import RunState
+from ..trail import RecordTrail
 
 #: Longest point (records per period) looked for.
 MAX_PERIOD = 256
@@ -82,22 +88,61 @@ def _trusted_tail(journal_dir: str, state: RunState, window: int) -> list:
     return [r for r in chain if r.rtype != REC_HEARTBEAT]
 
 
-def _list_of(state: RunState, key: str) -> Any:
+def _last_entries(state: RunState, keys: list) -> dict | None:
+    """``{key: its dataset}`` when each key names a distinct, non-empty
+    list -- or float64 vector, as recovery compacts float lists -- that
+    can give up its last entry; None otherwise."""
     datasets = state.datasets
-    if key in datasets.broadcast:
-        value = datasets.broadcast[key][1]
-    else:
-        value = datasets.local.get(key)
-    return value if type(value) is list else None
+    found = {}
+    for key in keys:
+        if key in datasets.broadcast:
+            value = datasets.broadcast[key][1]
+        else:
+            value = datasets.local.get(key)
+        if not ((type(value) is list or (isinstance(value, np.ndarray)
+                                         and value.ndim == 1))
+                and len(value)):
+            return None
+        found[key] = value
+    if len({id(v) for v in found.values()}) != len(found):
+        return None
+    return found
 
 
-def split_partial_point(journal_dir: str, state: RunState
+def _pop_last(state: RunState, key: str, value: Any) -> Any:
+    """Remove the last entry of the dataset ``value`` of ``key`` (wherever
+    the state holds it) and return that entry."""
+    if type(value) is list:
+        return value.pop()     # the one list object, local and broadcast
+    datasets = state.datasets
+    last, shorter = value[-1].item(), value[:-1]
+    if datasets.local.get(key) is value:
+        datasets.local[key] = shorter
+    entry = datasets.broadcast.get(key)
+    if entry is not None and entry[1] is value:
+        datasets.broadcast[key] = (entry[0], shorter, entry[2])
+    return last
+
+
+def split_partial_point(journal_dir: str, state: RunState,
+                        trail: RecordTrail | None = None
                         ) -> PartialPoint | None:
     """Remove from ``state`` the entries of a scan point that the crash cut
     (see the module docstring) and return them; None when the journal ends
-    on a whole point or no point structure can be seen."""
+    on a whole point or no point structure can be seen.  ``trail``: the
+    shapes replay saw (``replay(..., trail=True)``); the journal's files
+    are read only when it does not reach back to the scan's start."""
+    if trail is not None and trail.valid:
+        ids = trail.ids
+        found = _cut_point(_TrailTokens(trail), _period_of_ids(ids), state)
+        if found is not _UNKNOWN_PHASE:
+            return found
+        if trail.from_start and not trail.truncated:
+            return None    # the whole journal was in sight
     for window in (DEFAULT_WINDOW, MAX_WINDOW):
-        found = _cut_point(journal_dir, state, window)
+        tokens = [_token(r.rtype, r.payload)
+                  for r in _trusted_tail(journal_dir, state, window)]
+        found = _cut_point(tokens, _period(tokens), state)
         if found is not _UNKNOWN_PHASE:
             return found
     return None
@@ -110,10 +155,41 @@ DEFAULT_WINDOW = 64 << 10
 MAX_WINDOW = 64 << 20
 
 
-def _cut_point(journal_dir: str, state: RunState, window: int) -> Any:
-    records = _trusted_tail(journal_dir, state, window)
-    tokens = [_token(r.rtype, r.payload) for r in records]
-    found = _period(tokens)
+class _TrailTokens:
+    """A trail read as a sequence of ``(rtype, key)`` tokens."""
+
+    def __init__(self, trail: RecordTrail) -> None:
+        self._ids, self._shapes = trail.ids, trail.shapes
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, index: slice) -> list:
+        shapes = self._shapes
+        return [shapes[i] for i in self._ids[index]]
+
+
+def _period_of_ids(ids: array.array) -> tuple[int, int] | None:
+    """:func:`_period` of a trail of shape ids, in time independent of
+    how long the scan ran: which period qualifies depends only on the last
+    2 * MAX_PERIOD records; where the repetition starts is then found with
+    one vectorised comparison."""
+    tail = ids[-(2 * MAX_PERIOD + 1):]
+    found = _period(list(tail))
+    if found is None:
+        return None
+    period, start = found
+    if start > 0 or len(tail) == len(ids):
+        return period, len(ids) - len(tail) + start
+    a = np.frombuffer(ids, dtype=np.uint16)
+    differ = np.flatnonzero(a[:-period] != a[period:])
+    return period, int(differ[-1]) + 1 if differ.size else 0
+
+
+def _cut_point(tokens: Any, found: tuple[int, int] | None,
+               state: RunState) -> Any:
+    """The cut point from ``tokens`` (a sequence of ``(rtype, key)``) and
+    their period and its start (:func:`_period`)."""
     if found is None:
         return None
     period, start = found
@@ -136,13 +212,13 @@ def _cut_point(journal_dir: str, state: RunState, window: int) -> Any:
     cut = (len(tokens) - start) % period
     if cut == 0:
         return None
-    done = [key for rtype, key in tokens[-cut:] if rtype == REC_APPEND]
+    done = [key for rtype, key in tokens[len(tokens) - cut:]
+            if rtype == REC_APPEND]
     if not done:
         return None         # the cut point appended nothing yet
-    lists = {key: _list_of(state, key) for key in done}
-    if any(v is None or not v for v in lists.values()) or \
-            len({id(v) for v in lists.values()}) != len(lists):
+    lists = _last_entries(state, done)
+    if lists is None:
         return None
-    values = {key: lists[key].pop() for key in done}
+    values = {key: _pop_last(state, key, lists[key]) for key in done}
     missing = [key for key in appended if key not in values]
     return PartialPoint(values, missing)

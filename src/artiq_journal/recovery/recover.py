@@ -422,7 +422,7 @@ class _Recovery:
 
     def _replay(self) -> ReplayResult:
         rep = self.run_report
-        result = replay(self.path, compact_floats=True)
+        result = replay(self.path, compact_floats=True, trail=True)
         state = result.state
         for d in result.diagnostics:
             severity = "info" if d.severity == "info" else "error"
@@ -520,7 +520,8 @@ class _Recovery:
             # Point markers (LiveJournal.point) say exactly where a point
             # was cut; the records' pattern is the fallback without them.
             partial = None if result.partial_point is not None else \
-                split_partial_point(self.path, result.state)
+                split_partial_point(self.path, result.state,
+                                    result.trail)
         except Exception as exc:  # noqa: BLE001 - a refinement, not a need
             partial = None
             self.problem(f"cannot look for a scan point cut by the crash: "
