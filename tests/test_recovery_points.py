@@ -160,12 +160,12 @@ def test_a_scan_of_one_list_never_reads_past_the_tail_window(
             j.op("set", "scan.point", i, {}, True, False, True)
     j.crash()
     windows = []
-    real_look = points.look
+    real_read_tail = points.read_tail
 
-    def look(path, window):
+    def read_tail(path, window, **kw):
         windows.append(window)
-        return real_look(path, window)
-    monkeypatch.setattr(points, "look", look)
+        return real_read_tail(path, window, **kw)
+    monkeypatch.setattr(points, "read_tail", read_tail)
     (run,) = recover(tmp_path).runs
     assert run.outcome == "recovered", run.problems
     assert all(w == points.DEFAULT_WINDOW for w in windows)
@@ -191,7 +191,8 @@ def test_a_long_float_scan_cut_mid_point_is_split_without_rereading(
     j.op("append_to", KEYS[0], 3000.0)
     j.op("append_to", KEYS[1], 3000.1)
     j.crash()
-    monkeypatch.setattr(points, "look", lambda *a: pytest.fail("re-read"))
+    monkeypatch.setattr(points, "read_tail",
+                        lambda *a, **kw: pytest.fail("re-read"))
     (run,) = recover(tmp_path).runs
     assert run.outcome == "recovered", run.problems
     with h5py.File(run.output, "r") as f:
@@ -245,3 +246,45 @@ def test_the_trail_finds_the_same_cut_as_the_journal_files(
                         (found.values, found.missing),
                         pyon.encode(result.state.datasets.local)))
     assert answers[0] == answers[1]
+
+
+def test_after_a_snapshot_the_scan_start_is_found_in_the_files(
+        tmp_path, monkeypatch):
+    # Replay starts from the snapshot, inside the scan: the shapes it saw
+    # cannot tell where points begin, the last segment can.
+    j = Journal(journal_dir(tmp_path))
+    j.stage("run", 1.0)
+    for key in KEYS:
+        j.op("set", key, [], {}, True, False, True)
+    for i in range(40):
+        for key in KEYS:
+            j.op("append_to", key, i)
+        if i == 20:
+            j.snapshot()
+    j.op("append_to", KEYS[0], 40)
+    j.crash()
+    from artiq_journal.recovery import points
+    reads = []
+    real_read_tail = points.read_tail
+    monkeypatch.setattr(points, "read_tail", lambda *a, **kw: reads.append(
+        a) or real_read_tail(*a, **kw))
+    (run,) = recover(tmp_path).runs
+    assert run.outcome == "recovered", run.problems
+    assert run.snapshot and reads
+    with h5py.File(run.output, "r") as f:
+        assert {len(f["datasets"][k]) for k in KEYS} == {40}
+        aside = pyon.decode(f["artiq_journal/partial_point"][()].decode())
+    assert aside == {KEYS[0]: 40}
+
+
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1)
+    | st.floats() | st.text(max_size=300) | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=20), max_leaves=30))
+def test_the_leading_key_is_what_a_full_decode_gives(value):
+    import msgpack
+    from artiq_journal.recovery.points import _leading_key
+    data = msgpack.packb(value, use_bin_type=True)
+    expected = [value[0]] if type(value) is list and value and \
+        type(value[0]) is str else []
+    assert _leading_key(data) == expected

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import codec
 from .constants import (RECORD_HEADER, RECORD_HEADER_SIZE, RECORD_TYPE_NAMES,
@@ -111,11 +111,12 @@ def _chain(data: bytes, pos: int, base: int) -> tuple[list[TailRecord], bool]:
     return out, False
 
 
-def _decode(records: list[TailRecord], data: bytes, base: int) -> None:
+def _decode(records: list[TailRecord], data: bytes, base: int,
+            decode: Callable[[bytes], Any] = codec.unpack) -> None:
     for r in records:
         start = r.offset - base + RECORD_HEADER_SIZE
         try:
-            r.payload = codec.unpack(data[start:r.offset - base + r.size])
+            r.payload = decode(data[start:r.offset - base + r.size])
         except Exception:
             r.payload = None
 
@@ -177,12 +178,14 @@ def _resync(data: bytes, start: int, base: int
     return None
 
 
-def read_tail(seg_path: str, window: int = DEFAULT_WINDOW
+def read_tail(seg_path: str, window: int = DEFAULT_WINDOW,
+              decode: Callable[[bytes], Any] = codec.unpack
               ) -> tuple[list[TailRecord], bool, bool]:
     """The intact records ending a segment (within ``window``); whether the
     segment ends in bytes that are no intact record (torn tail, or a record
     being written); and whether damage was seen (intact records after bytes
-    that are none, inside the window)."""
+    that are none, inside the window).  ``decode`` makes each record's
+    ``payload`` from its bytes (None where it raises)."""
     try:
         size = _size(seg_path)
         base = max(SEGMENT_HEADER_SIZE, size - window)
@@ -201,7 +204,7 @@ def read_tail(seg_path: str, window: int = DEFAULT_WINDOW
     else:
         found = _resync(data, 0, base)
         records, torn = found if found is not None else ([], bool(data))
-    _decode(records, data, base)
+    _decode(records, data, base, decode)
     return records, torn, damage
 
 

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from ..journal.constants import REC_APPEND, REC_HEARTBEAT
-from ..journal.tail import look
+from ..journal.reader import list_segments
+from ..journal.tail import read_tail
 from ..runstate import RunState
 from ..trail import RecordTrail
 
@@ -72,11 +73,50 @@ def _period(tokens: list) -> tuple[int, int] | None:
     return None
 
 
+def _leading_key(payload: bytes) -> list:
+    """``[key]`` when the payload is an array whose first item is a string,
+    else ``[]``: all a token needs, without decoding the rest (the records
+    are trusted ones replay decoded already)."""
+    head = payload[0] if payload else 0
+    if 0x90 <= head <= 0x9f:
+        count, pos = head & 0x0f, 1
+    elif head == 0xdc and len(payload) >= 3:
+        count, pos = int.from_bytes(payload[1:3], "big"), 3
+    elif head == 0xdd and len(payload) >= 5:
+        count, pos = int.from_bytes(payload[1:5], "big"), 5
+    else:
+        return []
+    if count == 0 or pos >= len(payload):
+        return []
+    tag = payload[pos]
+    if 0xa0 <= tag <= 0xbf:
+        size, pos = tag & 0x1f, pos + 1
+    elif tag in _STR_SIZE_BYTES:
+        n = _STR_SIZE_BYTES[tag]
+        size = int.from_bytes(payload[pos + 1:pos + 1 + n], "big")
+        pos += 1 + n
+    else:
+        return []
+    if pos + size > len(payload):
+        return []
+    try:
+        return [payload[pos:pos + size].decode("utf-8")]
+    except UnicodeDecodeError:
+        return []
+
+
+_STR_SIZE_BYTES = {0xd9: 1, 0xda: 2, 0xdb: 4}
+
+
 def _trusted_tail(journal_dir: str, state: RunState, window: int) -> list:
     """The tail records up to the last sequence number replay applied,
-    contiguous; empty when the window does not reach it."""
-    view = look(journal_dir, window)
-    records = [r for r in view.tail if r.seq <= state.last_seq]
+    contiguous, their payloads reduced to the leading key; empty when the
+    window does not reach it."""
+    segments = list_segments(journal_dir)
+    if not segments:
+        return []
+    tail, _, _ = read_tail(segments[-1][1], window, decode=_leading_key)
+    records = [r for r in tail if r.seq <= state.last_seq]
     if not records or records[-1].seq != state.last_seq:
         return []
     chain = [records[-1]]
