@@ -174,6 +174,25 @@ def test_a_scan_of_one_list_never_reads_past_the_tail_window(
         assert "partial_point" not in f["artiq_journal"]
 
 
+def _scan_cut_after(root, points: int, appended: int, value,
+                    snapshot_at: int | None = None) -> None:
+    """A crashed journal of a scan over KEYS: ``points`` whole points
+    (``value(i, n)`` appended to KEYS[n]), then ``appended`` appends of
+    the next; a snapshot after point ``snapshot_at``."""
+    j = Journal(journal_dir(root))
+    j.stage("run", 1.0)
+    for key in KEYS:
+        j.op("set", key, [], {}, True, False, True)
+    for i in range(points + 1):
+        for n, key in enumerate(KEYS):
+            if i == points and n == appended:
+                break
+            j.op("append_to", key, value(i, n))
+        if i == snapshot_at:
+            j.snapshot()
+    j.crash()
+
+
 def test_a_long_float_scan_cut_mid_point_is_split_without_rereading(
         tmp_path, monkeypatch):
     # ndscan's shape: three float lists appended in turn, far past the tail
@@ -181,16 +200,7 @@ def test_a_long_float_scan_cut_mid_point_is_split_without_rereading(
     # lists to arrays; the cut point must still be set aside, and found from
     # what replay saw (the journal is not read a second or third time).
     from artiq_journal.recovery import points
-    j = Journal(journal_dir(tmp_path))
-    j.stage("run", 1.0)
-    for key in KEYS:
-        j.op("set", key, [], {}, True, False, True)
-    for i in range(3000):
-        for n, key in enumerate(KEYS):
-            j.op("append_to", key, i + n / 10)
-    j.op("append_to", KEYS[0], 3000.0)
-    j.op("append_to", KEYS[1], 3000.1)
-    j.crash()
+    _scan_cut_after(tmp_path, 3000, 2, lambda i, n: i + n / 10)
     monkeypatch.setattr(points, "read_tail",
                         lambda *a, **kw: pytest.fail("re-read"))
     (run,) = recover(tmp_path).runs
@@ -252,17 +262,7 @@ def test_after_a_snapshot_the_scan_start_is_found_in_the_files(
         tmp_path, monkeypatch):
     # Replay starts from the snapshot, inside the scan: the shapes it saw
     # cannot tell where points begin, the last segment can.
-    j = Journal(journal_dir(tmp_path))
-    j.stage("run", 1.0)
-    for key in KEYS:
-        j.op("set", key, [], {}, True, False, True)
-    for i in range(40):
-        for key in KEYS:
-            j.op("append_to", key, i)
-        if i == 20:
-            j.snapshot()
-    j.op("append_to", KEYS[0], 40)
-    j.crash()
+    _scan_cut_after(tmp_path, 40, 1, lambda i, n: i, snapshot_at=20)
     from artiq_journal.recovery import points
     reads = []
     real_read_tail = points.read_tail
