@@ -394,13 +394,26 @@ def encode_mutate(key: Any, index: Any, value: Any) -> bytes | None:
     head = _MUTATE_HEAD.get(key) or _head(_MUTATE_HEAD, b"\x93", key)
     if head is None:
         return None
-    if type(index) is int:
+    kind = type(index)
+    if kind is int:
         if 0 <= index < 128:
             mid = _FIXINT[index]
         elif -(1 << 63) <= index < (1 << 64):
             mid = _PACK_PLAIN(index)
         else:
             return None     # a big-int ext
+    elif kind is slice:
+        # _index_bytes' first case, inlined (the common one).
+        start, stop, step = index.start, index.stop, index.step
+        if not ((type(start) is int or start is None)
+                and (type(stop) is int or stop is None)
+                and (type(step) is int or step is None)):
+            return None
+        try:
+            data = _PACK_PLAIN((start, stop, step))
+        except OverflowError:
+            return None
+        mid = _TUPLE_EXT_HEAD[len(data)] + data
     else:
         mid = _index_bytes(index)
         if mid is None:
