@@ -146,8 +146,8 @@ def _scalar_ext(obj: Any) -> msgpack.ExtType:
             if pack_raw(obj) == raw:
                 _SCALAR_STRUCT[type(obj)] = (prefix, pack_raw)
                 ext_head = _PACK_PLAIN(_ext(EXT_NPSCALAR, data))
-                _VALUE_STRUCT[type(obj)] = (
-                    ext_head[:len(ext_head) - len(data)] + prefix, pack_raw)
+                _VALUE_STRUCT[type(obj)] = _prefixed_struct(
+                    ext_head[:len(ext_head) - len(data)] + prefix, code)
     return _ext(EXT_NPSCALAR, data)
 
 
@@ -245,11 +245,19 @@ _APPEND_HEAD: dict = {}
 #: key -> ``0x93`` + packed key (the head of a mutate payload).
 _MUTATE_HEAD: dict = {}
 _HEAD_MAX = 1024
-#: Exact type -> (bytes before the raw value, struct pack of the raw
-#: value): ``pack(v) == prefix + pack_raw(v)`` for every ``v`` of the type.
-#: Python ``float`` is preset; numpy scalar types are added by
-#: ``_scalar_ext`` the first time one is packed.
-_VALUE_STRUCT: dict = {float: (b"\xcb", struct.Struct(">d").pack)}
+
+
+def _prefixed_struct(prefix: bytes, code: str) -> Callable[[Any], bytes]:
+    """``v -> prefix + struct.pack(code, v)`` in one C call."""
+    return functools.partial(
+        struct.Struct(f"{code[0]}{len(prefix)}s{code[1:]}").pack, prefix)
+
+
+#: Exact type -> ``encode(v)``, giving ``pack(v)`` for every ``v`` of the
+#: type in one C call (a fixed prefix, then the value by struct).  Python
+#: ``float`` is preset; numpy scalar types are added by ``_scalar_ext`` the
+#: first time one is packed.
+_VALUE_STRUCT: dict = {float: _prefixed_struct(b"\xcb", ">d")}
 #: (dtype, shape) -> ext 1 header + array header, for arrays smaller than
 #: ZERO_COPY_MIN: ``pack(a) == prefix + a.tobytes()``.
 _ARRAY_PREFIX: dict = {}
@@ -259,10 +267,10 @@ _INDEX_CACHE_MAX = 1024
 #: ext 3 framing for tuple data of n bytes (n < 256), indexed by n.
 _TUPLE_EXT_HEAD = [b""] * 256
 #: encode_append's first case, for a caller that inlines it (the dataset
-#: hook): ``value_encoding(type(v))`` -> ``(prefix, pack_raw)`` or None,
+#: hook): ``value_encoding(type(v))`` -> ``encode`` or None, and
 #: ``append_head(key)`` -> the payload's head for an exact-str key seen
-#: before, or None; then ``append_head(key) + prefix + pack_raw(v)`` is
-#: ``pack([key, v])``.
+#: before, or None; then ``append_head(key) + encode(v)`` is ``pack([key,
+#: v])``.
 value_encoding = _VALUE_STRUCT.get
 append_head = _APPEND_HEAD.get
 
@@ -311,7 +319,7 @@ def _value_bytes(value: Any) -> bytes | None:
             return None
         enc = _VALUE_STRUCT.get(type(value))
         if enc is not None:
-            return enc[0] + enc[1](value)
+            return enc(value)
     return None
 
 
@@ -376,7 +384,7 @@ def encode_append(key: Any, value: Any) -> bytes | None:
     kind = type(value)
     enc = _VALUE_STRUCT.get(kind)
     if enc is not None:
-        return head + enc[0] + enc[1](value)
+        return head + enc(value)
     if kind is np.ndarray:
         prefix = _ARRAY_PREFIX.get((value.dtype, value.shape))
         if prefix is not None:
@@ -421,7 +429,7 @@ def encode_mutate(key: Any, index: Any, value: Any) -> bytes | None:
     kind = type(value)
     enc = _VALUE_STRUCT.get(kind)
     if enc is not None:
-        return head + mid + enc[0] + enc[1](value)
+        return head + mid + enc(value)
     if kind is np.ndarray:
         prefix = _ARRAY_PREFIX.get((value.dtype, value.shape))
         if prefix is not None:

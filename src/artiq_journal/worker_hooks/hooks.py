@@ -110,7 +110,7 @@ def make_hooks(mgr: Any, adapter: ArtiqAdapter,
             if enc is not None and type(key) is str:
                 head = append_head(key)
                 if head is not None:
-                    append_encoded(t_append, head + enc[0] + enc[1](value))
+                    append_encoded(t_append, head + enc(value))
                     return
             payload = encode_append(key, value)
             if payload is None:
