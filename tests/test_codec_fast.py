@@ -158,6 +158,20 @@ def test_small_arrays_take_the_fast_path(array):
         assert mutated == codec.pack(["k", 3, array])
 
 
+def test_the_hooks_inlined_array_form_is_pack():
+    # hooks.append_to builds append_head + array_prefix + tobytes() itself.
+    for array in (np.arange(128.0), np.zeros((3, 2), ">i2")[:, ::-1],
+                  np.array(["ab", "c"])):
+        codec.encode_append("rows", array)     # fills both caches
+        prefix = codec.array_prefix((array.dtype, array.shape))
+        assert prefix is not None
+        assert codec.append_head("rows") + prefix + array.tobytes() \
+            == codec.pack(["rows", array])
+    big = np.zeros(codec.ZERO_COPY_MIN // 8)
+    codec.encode_append("rows", big)
+    assert codec.array_prefix((big.dtype, big.shape)) is None
+
+
 def test_large_arrays_are_left_to_the_zero_copy_path():
     big = np.zeros(codec.ZERO_COPY_MIN // 8, dtype=np.float64)
     assert codec.encode_append("k", big) is None

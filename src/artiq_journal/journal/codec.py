@@ -266,13 +266,16 @@ _INDEX_CACHE: dict = {}
 _INDEX_CACHE_MAX = 1024
 #: ext 3 framing for tuple data of n bytes (n < 256), indexed by n.
 _TUPLE_EXT_HEAD = [b""] * 256
-#: encode_append's first case, for a caller that inlines it (the dataset
-#: hook): ``value_encoding(type(v))`` -> ``encode`` or None, and
-#: ``append_head(key)`` -> the payload's head for an exact-str key seen
-#: before, or None; then ``append_head(key) + encode(v)`` is ``pack([key,
+#: encode_append's common cases, for a caller that inlines them (the
+#: dataset hook): ``append_head(key)`` -> the payload's head for an
+#: exact-str key seen before, or None; ``value_encoding(type(v))`` ->
+#: ``encode`` or None; ``array_prefix((a.dtype, a.shape))`` for an exact
+#: ndarray ``a`` -> ``prefix`` or None.  Then ``append_head(key) +
+#: encode(v)`` / ``append_head(key) + prefix + a.tobytes()`` is ``pack([key,
 #: v])``.
 value_encoding = _VALUE_STRUCT.get
 append_head = _APPEND_HEAD.get
+array_prefix = _ARRAY_PREFIX.get
 
 
 def _head(cache: dict, marker: bytes, key: Any) -> bytes | None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
 from ..journal import codec
 from ..journal.constants import REC_APPEND, REC_ARCHIVE, REC_MUTATE, REC_SET
 from .adapters import ArtiqAdapter
@@ -66,11 +68,13 @@ def make_hooks(mgr: Any, adapter: ArtiqAdapter,
     t_set, t_mutate, t_append, t_archive = (REC_SET, REC_MUTATE, REC_APPEND,
                                             REC_ARCHIVE)
     if append_encoded is None:
-        encode_append = encode_mutate = scalar_encoding = _not_encoded
+        encode_append = encode_mutate = _not_encoded
+        scalar_encoding = array_prefix = _not_encoded
     else:
         encode_append, encode_mutate = codec.encode_append, codec.encode_mutate
         scalar_encoding = codec.value_encoding
-    append_head = codec.append_head
+    append_head, array_prefix = codec.append_head, codec.array_prefix
+    ndarray = np.ndarray
 
     def set(*args, **kwargs):
         orig_set(*args, **kwargs)
@@ -104,14 +108,23 @@ def make_hooks(mgr: Any, adapter: ArtiqAdapter,
     def append_to(key, value):
         orig_append_to(key, value)
         try:
-            # encode_append's first case, inlined (a call less on the
-            # hottest path): a float or numpy scalar under a known key.
-            enc = scalar_encoding(type(value))
-            if enc is not None and type(key) is str:
+            # encode_append's common cases, inlined (a call less on the
+            # hottest path): a float, numpy scalar or small array (of a
+            # dtype and shape seen before) under a known key.
+            if type(key) is str:
                 head = append_head(key)
                 if head is not None:
-                    append_encoded(t_append, head + enc(value))
-                    return
+                    kind = type(value)
+                    enc = scalar_encoding(kind)
+                    if enc is not None:
+                        append_encoded(t_append, head + enc(value))
+                        return
+                    if kind is ndarray:
+                        prefix = array_prefix((value.dtype, value.shape))
+                        if prefix is not None:
+                            append_encoded(t_append, head + prefix
+                                           + value.tobytes())
+                            return
             payload = encode_append(key, value)
             if payload is None:
                 append(t_append, [key, value])
