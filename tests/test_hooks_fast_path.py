@@ -184,3 +184,26 @@ def test_scan_shapes_are_journaled_through_append_encoded(tmp_path,
                 ["scan.f32", 3, np.float32(1)]]
     assert same(records, expected)
     assert type(records[0][1]) is np.float64
+
+
+def test_hooks_without_append_encoded_pack_every_record(tmp_path):
+    # make_hooks' optional fast path off: everything goes through append.
+    from artiq_journal.worker_hooks.adapters import select_adapter
+    from artiq_journal.worker_hooks.hooks import make_hooks
+    mgr = make_manager("runner", MockDatasetDB())
+    _initial(mgr)
+    calls = []
+
+    def append(rtype, payload):
+        calls.append((rtype, payload))
+        return len(calls)
+
+    def on_fail(rtype, payload, exc):
+        raise AssertionError(f"on_fail({rtype}, {payload!r}, {exc!r})")
+    hooks, _ = make_hooks(mgr, select_adapter(mgr), append, on_fail)
+    for value in (1.5, np.float64(2), np.arange(4.0)):
+        hooks["append_to"]("scan.ys", value)
+        hooks["append_to"]("scan.ys", value)    # the caches now filled
+    hooks["mutate"]("scan.img", slice(0, 4, 2), 1.0)
+    assert [t for t, _ in calls] == [REC_APPEND] * 6 + [REC_MUTATE]
+    assert same(calls[-1][1], ["scan.img", (0, 4, 2), 1.0])

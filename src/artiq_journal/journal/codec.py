@@ -373,7 +373,9 @@ def _index_bytes(index: Any) -> bytes | None:
             _INDEX_CACHE[index] = mid
         return mid
     except (OverflowError, IndexError):
-        return None     # an int beyond 64 bits (a big-int ext); long
+        # An int beyond 64 bits (a big-int ext), or tuple data too long
+        # for the ext 8 table: the packer's business.
+        return None
 
 
 def encode_append(key: Any, value: Any) -> bytes | None:

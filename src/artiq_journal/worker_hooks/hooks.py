@@ -68,12 +68,11 @@ def make_hooks(mgr: Any, adapter: ArtiqAdapter,
     t_set, t_mutate, t_append, t_archive = (REC_SET, REC_MUTATE, REC_APPEND,
                                             REC_ARCHIVE)
     if append_encoded is None:
-        encode_append = encode_mutate = _not_encoded
-        scalar_encoding = array_prefix = _not_encoded
+        encode_append = encode_mutate = append_head = _not_encoded
     else:
         encode_append, encode_mutate = codec.encode_append, codec.encode_mutate
-        scalar_encoding = codec.value_encoding
-    append_head, array_prefix = codec.append_head, codec.array_prefix
+        append_head = codec.append_head
+    scalar_encoding, array_prefix = codec.value_encoding, codec.array_prefix
     ndarray = np.ndarray
 
     def set(*args, **kwargs):
