@@ -127,3 +127,31 @@ def test_heartbeats_never_share_or_reorder_sequence_numbers(tmp_path, fsync):
     beats = sum(r.rtype == REC_HEARTBEAT for r in records)
     print(f"{fsync}: {beats} heartbeats among {n} appends")
     assert beats > 0
+
+
+@pytest.mark.parametrize("fsync", ["group", "never"])
+def test_heartbeats_and_pre_encoded_appends_never_share_a_seq(tmp_path,
+                                                              fsync):
+    # The same race for append_encoded (the dataset hooks' hot path): it
+    # must take part in the heartbeat exclusion exactly like append.
+    from artiq_journal.journal import codec
+    path = tmp_path / "000000001-Scan.journal"
+    w = JournalWriter(path, fsync=fsync, heartbeat_interval=0.0002,
+                      segment_bytes=8192)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        n = 20000
+        for i in range(n):
+            w.append_encoded(REC_APPEND, codec.encode_append("ys", float(i)))
+            if i % 7 == 0:
+                time.sleep(0)
+    finally:
+        sys.setswitchinterval(switch)
+    w.close()
+    records, reader = read_all(str(path))
+    assert reader.diagnostics == []
+    assert [r.seq for r in records] == list(range(1, len(records) + 1))
+    assert [r.payload[1] for r in records if r.rtype == REC_APPEND] \
+        == [float(i) for i in range(n)]
+    assert sum(r.rtype == REC_HEARTBEAT for r in records) > 0

@@ -441,6 +441,43 @@ class JournalWriter:
         finally:
             self._in_append = False
 
+    def append_encoded(self, rtype: int, payload: bytes) -> int:
+        """:meth:`append` of a value already encoded: ``payload`` must be
+        the exact bytes ``codec.pack(obj)`` gives (as returned by
+        :func:`codec.encode_append` / :func:`codec.encode_mutate`, which
+        never nest deeper than a tuple of tuples).  The dataset hooks' hot
+        path: the packer and its ``default`` hook are skipped."""
+        if self.__broken is not None:
+            raise self.__broken
+        length = len(payload)
+        if length > self.max_record_bytes:
+            raise RecordTooLarge(
+                f"record of {length} bytes exceeds the maximum record size "
+                f"{self.max_record_bytes}", path=self.path)
+        # As in append(), inlined.
+        self._in_append = True
+        try:
+            if self._beating:
+                self._wait_for_heartbeat()
+            seq = self._seq + 1
+            body = self._tail_pack(length, seq, rtype, 0, 0) + payload
+            data = self._crc_pack(crc32(body)) + body
+            try:
+                written = self._write(self._fd, data)
+                if written != len(data):
+                    self._write_all(self._fd, memoryview(data)[written:])
+            except OSError as exc:
+                self._fail(exc, self._segment_path(), "write")
+            self._seq = seq
+            offset = self._offset = self._offset + len(data)
+            if self._always:
+                self._sync_appended(seq)
+            if offset >= self.segment_bytes:
+                self._rotate()
+            return seq
+        finally:
+            self._in_append = False
+
     def _append_payload(self, rtype: int, payload: bytes, length: int) -> int:
         """Frame and write one packed record (inside the exclusion)."""
         seq = self._seq + 1

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
+from ..journal import codec
 from ..journal.constants import REC_APPEND, REC_ARCHIVE, REC_MUTATE, REC_SET
 from .adapters import ArtiqAdapter
 
@@ -29,12 +32,30 @@ __all__ = ["make_hooks", "HOOKED_METHODS"]
 HOOKED_METHODS = ("set", "mutate", "append_to", "get")
 
 
+def _not_encoded(*args: Any) -> None:
+    return None
+
+
+def _index(index: Any) -> Any:
+    """A mutate index as journaled: a slice as ``(start, stop, step)``."""
+    if type(index) is slice:
+        return (index.start, index.stop, index.step)
+    return index
+
+
 def make_hooks(mgr: Any, adapter: ArtiqAdapter,
                append: Callable[[int, Any], int],
-               on_fail: Callable[[int, Any, BaseException], None]
+               on_fail: Callable[[int, Any, BaseException], None],
+               append_encoded: Callable[[int, bytes], int] | None = None
                ) -> tuple[dict[str, Callable], Callable]:
     """The four wrappers and ``retarget(fn)``, which swaps the ``append``
-    they call (failed / detached states) without a flag test per call.
+    (and ``append_encoded``) they call (failed / detached states) without
+    a flag test per call.
+
+    ``append_encoded(rtype, payload)`` takes a payload already encoded by
+    :func:`codec.encode_append` / :func:`codec.encode_mutate` (the same
+    bytes ``append`` would write; ``JournalWriter.append_encoded``);
+    without it every record goes through ``append``.
 
     ``on_fail(rtype, payload, exc)`` gets the record type, the payload (or
     the raw ``(args, kwargs)`` when no payload could be built) and the
@@ -46,6 +67,13 @@ def make_hooks(mgr: Any, adapter: ArtiqAdapter,
     make_set_payload = adapter.set_payload_maker()
     t_set, t_mutate, t_append, t_archive = (REC_SET, REC_MUTATE, REC_APPEND,
                                             REC_ARCHIVE)
+    if append_encoded is None:
+        encode_append = encode_mutate = append_head = _not_encoded
+    else:
+        encode_append, encode_mutate = codec.encode_append, codec.encode_mutate
+        append_head = codec.append_head
+    scalar_encoding, array_prefix = codec.value_encoding, codec.array_prefix
+    ndarray = np.ndarray
 
     def set(*args, **kwargs):
         orig_set(*args, **kwargs)
@@ -59,10 +87,18 @@ def make_hooks(mgr: Any, adapter: ArtiqAdapter,
 
     def mutate(key, index, value):
         orig_mutate(key, index, value)
-        if type(index) is slice:
-            # The codec has no slice; ARTIQ's mutate turns (start, stop,
-            # step) back into the same slice.
-            index = (index.start, index.stop, index.step)
+        try:
+            # A slice is encoded as the tuple (start, stop, step) (the
+            # codec has no slice; ARTIQ's mutate turns the tuple back into
+            # the same slice).
+            payload = encode_mutate(key, index, value)
+            if payload is not None:
+                append_encoded(t_mutate, payload)
+                return
+        except Exception as exc:
+            on_fail(t_mutate, [key, _index(index), value], exc)
+            return
+        index = _index(index)
         try:
             append(t_mutate, [key, index, value])
         except Exception as exc:
@@ -71,7 +107,28 @@ def make_hooks(mgr: Any, adapter: ArtiqAdapter,
     def append_to(key, value):
         orig_append_to(key, value)
         try:
-            append(t_append, [key, value])
+            # encode_append's common cases, inlined (a call less on the
+            # hottest path): a float, numpy scalar or small array (of a
+            # dtype and shape seen before) under a known key.
+            if type(key) is str:
+                head = append_head(key)
+                if head is not None:
+                    kind = type(value)
+                    enc = scalar_encoding(kind)
+                    if enc is not None:
+                        append_encoded(t_append, head + enc(value))
+                        return
+                    if kind is ndarray:
+                        prefix = array_prefix((value.dtype, value.shape))
+                        if prefix is not None:
+                            append_encoded(t_append, head + prefix
+                                           + value.tobytes())
+                            return
+            payload = encode_append(key, value)
+            if payload is None:
+                append(t_append, [key, value])
+            else:
+                append_encoded(t_append, payload)
         except Exception as exc:
             on_fail(t_append, [key, value], exc)
 
@@ -88,8 +145,8 @@ def make_hooks(mgr: Any, adapter: ArtiqAdapter,
         return orig_get(key, archive)
 
     def retarget(new_append: Callable[[int, Any], int]) -> None:
-        nonlocal append
-        append = new_append
+        nonlocal append, append_encoded
+        append = append_encoded = new_append
 
     return ({"set": set, "mutate": mutate, "append_to": append_to,
              "get": get}, retarget)

@@ -202,7 +202,8 @@ class LiveJournal:
         if live_journal(mgr) is not None:
             raise ValueError("this DatasetManager is already journaled")
         hooks, self._retarget = make_hooks(mgr, self.adapter, self._append,
-                                           self._on_fail)
+                                           self._on_fail,
+                                           self.writer.append_encoded)
         own = mgr.__dict__
         for name, wrapper in hooks.items():
             original = getattr(mgr, name)
