@@ -365,3 +365,18 @@ def test_crash_at_every_step_of_a_large_sliced_rotation(tmp_path,
                                                                         9)
     assert k > 20  # the write really was cut into many calls
     assert violations == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64), st.binary(max_size=3000),
+       st.integers(0, 2 ** 32 - 1), st.integers(0, 2 ** 32 - 1),
+       st.integers(0, 2 ** 63))
+def test_cached_crc_combine_is_the_crc_of_the_concatenation(a, b, crc1, crc2,
+                                                            length):
+    import zlib
+
+    from artiq_journal.journal.framing import crc32_combine
+    assert snapshot._crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) \
+        == zlib.crc32(a + b)
+    assert snapshot._crc32_combine(crc1, crc2, length) \
+        == crc32_combine(crc1, crc2, length)
