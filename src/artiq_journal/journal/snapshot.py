@@ -280,7 +280,7 @@ if sys.platform.startswith("linux") and hasattr(os, "posix_fadvise"):
 
         Linux's POSIX_FADV_DONTNEED starts writeback of the range's dirty
         pages and drops only clean ones (mm/fadvise.c; PostgreSQL's
-        pg_flush_data uses it so where sync_file_range is missing), so the
+        pg_flush_data falls back on it without sync_file_range), so the
         disk works while the rest is encoded, and the final fsync waits
         for the tail instead of the whole file.  Only a hint: the fsync
         decides durability, so a refusal changes nothing."""
