@@ -651,15 +651,13 @@ def unpack(data: bytes, max_bytes: int | None = None) -> Any:
     return make_unpack(limit)(data)
 
 
-
 # --- snapshot streaming (journal/snapshot.py) -----------------------------------
 #
 # The encoding of a whole run state, written as it is produced.  Same bytes
 # as pack() -- tests/test_snapshot_stream.py holds it to that -- but packed
-# into one reused packer buffer (no bytes object per piece: at 100 MB that
-# copy and its fresh pages cost as much as the packing), containers of
-# scalars in one packer call, and large arrays passed on from their own
-# memory.
+# into one reused packer buffer (no bytes object, so no copy, per piece),
+# containers of scalars in one packer call, and large arrays passed on from
+# their own memory.
 
 
 def snapshot_stream_pack(obj: Any, sink: Callable[[memoryview], Any], *,
