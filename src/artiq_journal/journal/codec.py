@@ -875,3 +875,142 @@ def unpack(data: bytes, max_bytes: int | None = None) -> Any:
     limit = max_bytes if max_bytes is not None else max(len(data), 1)
     return make_unpack(limit)(data)
 
+
+# --- snapshot streaming (journal/snapshot.py) -----------------------------------
+#
+# The encoding of a whole run state, written as it is produced.  Same bytes
+# as pack() -- tests/test_snapshot_stream.py holds it to that -- but packed
+# into one reused packer buffer (no bytes object, so no copy, per piece),
+# containers of scalars in one packer call, and large arrays passed on from
+# their own memory.
+
+
+def snapshot_stream_pack(obj: Any, sink: Callable[[memoryview], Any], *,
+                         chunk_items: int = 1 << 16,
+                         flush_bytes: int = 1 << 20) -> None:
+    """Feed the bytes of ``pack(obj)``, exactly and in order, to ``sink``
+    as a sequence of memoryviews; return when all are fed.
+
+    A piece is valid only during its ``sink`` call (most are views of the
+    packer's own buffer, reused after the call; large C-contiguous arrays
+    are views of their own memory): the sink must not keep it.  About
+    ``flush_bytes`` of encoding is held at a time, plus up to
+    ``chunk_items`` items of one list.  Raises TypeError as :func:`pack`
+    does (nesting included) -- possibly after some pieces: a caller must
+    then discard what it wrote."""
+    streamer = _SnapshotStreamer(sink, chunk_items, flush_bytes)
+    streamer.value(obj, 1)
+    streamer.flush()
+
+
+def _leaves_only(items: Any) -> bool:
+    """No container and no array among ``items`` (one set() of their
+    types, in C): they pack in one call, nothing in them nests."""
+    types = set(map(type, items))
+    return types.isdisjoint(_CONTAINERS) and np.ndarray not in types
+
+
+class _SnapshotStreamer:
+    __slots__ = ("packer", "sink", "chunk_items", "flush_bytes")
+
+    def __init__(self, sink: Callable[[memoryview], Any], chunk_items: int,
+                 flush_bytes: int) -> None:
+        # make_packer()'s settings, so the bytes are pack()'s; autoreset
+        # off: every pack appends to the one buffer that flush() hands on.
+        self.packer = msgpack.Packer(default=_default, strict_types=True,
+                                     use_bin_type=True, datetime=False,
+                                     autoreset=False)
+        self.sink = sink
+        self.chunk_items = chunk_items
+        self.flush_bytes = flush_bytes
+
+    def flush(self, skip: int = 0) -> None:
+        """Hand on the buffer (less its first ``skip`` bytes) and empty
+        it."""
+        view = self.packer.getbuffer()
+        if len(view) > skip:
+            self.sink(view[skip:] if skip else view)
+        # Released before the reset: a packer must not move or reuse
+        # memory still exported (msgpack >= 1.1 refuses; older ones would
+        # not notice).  Not on the way out of a failed sink: the
+        # exception's frames may still hold views of it, and this packer
+        # is not used again.
+        view.release()
+        self.packer.reset()
+
+    def _maybe_flush(self) -> None:
+        if len(self.packer.getbuffer()) >= self.flush_bytes:
+            self.flush()
+
+    def value(self, obj: Any, depth: int) -> None:
+        kind = type(obj)
+        packer = self.packer
+        if kind is dict:
+            if depth > MAX_NESTING:
+                raise _too_deep()
+            if len(obj) <= self.chunk_items and _leaves_only(obj.values()) \
+                    and _leaves_only(obj.keys()):
+                packer.pack(obj)
+            else:
+                packer.pack_map_header(len(obj))
+                for key, item in obj.items():
+                    self.value(key, depth + 1)
+                    self.value(item, depth + 1)
+        elif kind is list:
+            if depth > MAX_NESTING:
+                raise _too_deep()
+            if len(obj) <= self.chunk_items and _leaves_only(obj):
+                packer.pack(obj)
+            else:
+                self._long_list(obj, depth)
+        elif kind is np.ndarray and obj.nbytes >= ZERO_COPY_MIN:
+            _check_array_dtype(obj.dtype)
+            arr = np.ascontiguousarray(obj)
+            head = _PACK_PLAIN([arr.dtype.str, list(arr.shape)])
+            self.flush()
+            self.sink(memoryview(_EXT32.pack(
+                0xc9, len(head) + arr.nbytes, EXT_NDARRAY) + head))
+            # A uint8 view: every dtype allowed here (datetime64 included,
+            # which has no buffer-protocol format of its own) as raw bytes.
+            self.sink(memoryview(arr.reshape(-1).view(np.uint8)))
+        else:
+            if kind is tuple and nesting_depth(obj) + depth - 1 > MAX_NESTING:
+                raise _too_deep()
+            packer.pack(obj)
+        self._maybe_flush()
+
+    def _long_list(self, obj: list, depth: int) -> None:
+        packer = self.packer
+        chunk = self.chunk_items
+        n = len(obj)
+        packer.pack_array_header(n)
+        for start in range(0, n, chunk):
+            part = obj[start:start + chunk]
+            head = _array_header_size(len(part))
+            if type(part[0]) is float and type(part[-1]) is float:
+                # Most likely a scan's floats: packed first, then checked
+                # to be item after item a float 64 (0xcb + 8 bytes) from
+                # the first to the last -- scalars only, nothing nests.
+                self.flush()
+                try:
+                    packer.pack(part)
+                except ValueError as exc:
+                    # msgpack's own recursion limit: deeper than anything
+                    # we accept.
+                    raise TypeError(f"cannot journal value: {exc}") from None
+                view = packer.getbuffer()
+                floats = len(view) == head + 9 * len(part) and bool((
+                    np.frombuffer(view, np.uint8)[head::9] == 0xcb).all())
+                view.release()
+                if floats:
+                    self.flush(head)
+                    continue
+                packer.reset()  # not all floats: packed again below
+            if _leaves_only(part):
+                # Scalars only: packed as a list, its header left out.
+                self.flush()
+                packer.pack(part)
+                self.flush(head)
+            else:
+                for item in part:
+                    self.value(item, depth + 1)
