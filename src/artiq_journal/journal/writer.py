@@ -47,8 +47,8 @@ from .constants import (CRC_FIELD, DEFAULT_MAX_RECORD_BYTES, RECORD_HEADER_SIZE,
                         DEFAULT_SEGMENT_BYTES, RECORD_HEADER_TAIL, REC_CLOSE,
                         REC_HEARTBEAT, REC_POINT_BEGIN, REC_POINT_END,
                         SEGMENT_HEADER_SIZE)
-from .framing import (crc32, decode_segment_header, encode_segment_header,
-                      segment_name)
+from .framing import (crc32, crc32_parts, decode_segment_header,
+                      encode_segment_header, segment_name)
 from .fsio import OS_FILE_OPS, FileOps, missing_directories
 from .codec import MAX_NESTING
 from .reader import JournalReader, Position, list_segments
@@ -547,9 +547,7 @@ class JournalWriter:
             raise self._broken
         seq = self._seq + 1
         tail = self._tail_pack(length, seq, rtype, 0, 0)
-        crc = crc32(tail)
-        for part in parts:
-            crc = crc32(part, crc)
+        crc = crc32_parts(parts, crc32(tail))
         views = [memoryview(self._crc_pack(crc) + tail)]
         views.extend(memoryview(p) for p in parts)
         try:
