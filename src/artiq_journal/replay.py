@@ -21,7 +21,8 @@ from .journal.constants import (DEFAULT_MAX_RECORD_BYTES, REC_APPEND,
                                 REC_ARCHIVE, REC_CHECKPOINT, REC_CLOSE,
                                 REC_HEARTBEAT, REC_MUTATE, REC_POINT_BEGIN,
                                 REC_POINT_END, REC_RESUMED_FROM,
-                                REC_RUN_INFO, REC_SET, REC_STAGE)
+                                REC_RUN_INFO, REC_SEGMENT_SYNCED, REC_SET,
+                                REC_STAGE)
 from .journal.framing import type_name
 from .journal.reader import Diagnostic, JournalReader, Position
 from .journal.snapshot import Snapshot, load_snapshot
@@ -343,7 +344,8 @@ _KEYED = frozenset((REC_SET, REC_MUTATE, REC_APPEND))
 #: Record types that change no dataset of ``local``/``broadcast``.
 _NO_DATASETS = frozenset((REC_RUN_INFO, REC_STAGE, REC_ARCHIVE,
                           REC_CHECKPOINT, REC_RESUMED_FROM, REC_CLOSE,
-                          REC_HEARTBEAT, REC_POINT_BEGIN, REC_POINT_END))
+                          REC_HEARTBEAT, REC_POINT_BEGIN, REC_POINT_END,
+                          REC_SEGMENT_SYNCED))
 
 
 def _columns_to_arrays(state: RunState, targets: dict) -> None:

@@ -15,6 +15,7 @@ from .constants import (CRC_FIELD, FORMAT_VERSION, RECORD_HEADER,
                         SEGMENT_VERSIONS,
                         RECORD_HEADER_SIZE, RECORD_HEADER_TAIL,
                         RECORD_TYPE_NAMES, SEGMENT_HEADER,
+                        SEGMENT_FLAG_BACKGROUND_SYNC,
                         SEGMENT_HEADER_SIZE, SEGMENT_MAGIC, SEGMENT_PREFIX,
                         SEGMENT_SUFFIX)
 
@@ -34,6 +35,7 @@ class SegmentHeader(NamedTuple):
     version: int
     number: int
     first_seq: int
+    flags: int = 0
 
 
 def segment_name(number: int) -> str:
@@ -52,11 +54,12 @@ def parse_segment_name(name: str) -> int | None:
     return int(digits)
 
 
-def encode_segment_header(number: int, first_seq: int) -> bytes:
-    body = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, number,
+def encode_segment_header(number: int, first_seq: int,
+                          flags: int = 0) -> bytes:
+    body = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, flags, number,
                                first_seq, 0)
     crc = crc32(body[:24])
-    return SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, number,
+    return SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, flags, number,
                                first_seq, crc)
 
 
@@ -81,9 +84,10 @@ def decode_segment_header(data: bytes) -> SegmentHeader:
         raise ValueError(f"unsupported format version {version} "
                          f"(this reader knows "
                          f"{', '.join(map(str, SEGMENT_VERSIONS))})")
-    if flags != 0:
+    known = SEGMENT_FLAG_BACKGROUND_SYNC if version >= 3 else 0
+    if flags & ~known:
         raise ValueError(f"unknown segment flags {flags:#x}")
-    return SegmentHeader(version, number, first_seq)
+    return SegmentHeader(version, number, first_seq, flags)
 
 
 def encode_record(seq: int, rtype: int, payload: bytes) -> bytes:

@@ -46,9 +46,10 @@ from . import codec, lock as journal_lock, snapshot as snapshots
 from .constants import (CRC_FIELD, DEFAULT_MAX_RECORD_BYTES, RECORD_HEADER_SIZE,
                         DEFAULT_SEGMENT_BYTES, RECORD_HEADER_TAIL, REC_CLOSE,
                         REC_HEARTBEAT, REC_POINT_BEGIN, REC_POINT_END,
+                        REC_SEGMENT_SYNCED, SEGMENT_FLAG_BACKGROUND_SYNC,
                         SEGMENT_HEADER_SIZE)
 from .framing import (crc32, crc32_parts, decode_segment_header,
-                      encode_segment_header, segment_name)
+                      encode_record, encode_segment_header, segment_name)
 from .fsio import OS_FILE_OPS, FileOps, missing_directories
 from .codec import MAX_NESTING
 from .reader import JournalReader, Position, list_segments
@@ -66,6 +67,12 @@ _HEARTBEAT_RETRY = 0.05
 #: Heartbeats exclude appends by flags that rely on the GIL (see
 #: JournalWriter._heartbeat); a free-threaded CPython has none.
 _GIL_ENABLED = getattr(sys, "_is_gil_enabled", lambda: True)()
+
+#: Segments rotate with a background sync (format 3) only from this size
+#: on: syncing a small segment inline costs less than the thread and the
+#: segment_synced record, and small segments are what tests use to get
+#: many of them (tests lower this to exercise the background path).
+BACKGROUND_ROTATION_MIN_BYTES = 1 << 20
 
 _live_writers: "weakref.WeakSet[JournalWriter]" = weakref.WeakSet()
 
@@ -110,9 +117,23 @@ def _intact_end(reader: JournalReader, number: int, seg_path: str,
     # No record was read here, so the segment holds none after the snapshot
     # (any covered ones come first).  Keep every byte up to a torn tail.
     torn = [d.offset for d in reader.diagnostics
-            if d.kind == "torn_tail" and d.path == seg_path
+            if d.kind in ("torn_tail", "unsynced_tail") and d.path == seg_path
             and d.offset is not None]
     return (max(torn[0], SEGMENT_HEADER_SIZE) if torn else size), False
+
+
+class _PendingSync:
+    """A segment handed to a background fdatasync at rotation (fsync
+    "never"/"group"): until it is *settled* (synced, closed, and vouched for
+    by a segment_synced record in the current segment) nothing appended
+    after it may be acknowledged as durable."""
+
+    def __init__(self, fd: int, number: int, last_seq: int,
+                 path: str) -> None:
+        self.fd, self.number, self.last_seq, self.path = \
+            fd, number, last_seq, path
+        self.done = threading.Event()
+        self.error: JournalFailed | None = None
 
 
 #: Levels of directories above a journal whose entries are fsynced when it
@@ -183,6 +204,24 @@ class JournalWriter:
         #: Inside begin_point()/end_point(): appends are not synced one by
         #: one (the point_end record syncs them all under "always").
         self._in_point = False
+        #: Rotation syncs the old segment in the background (format 3,
+        #: docs/FORMAT.md section 11): not under "always" (every record is
+        #: synced anyway), nor without the GIL (settling needs the append
+        #: exclusion, see _settle_from_thread).
+        self._background_rotation = (
+            fsync != "always" and _GIL_ENABLED
+            and segment_bytes >= BACKGROUND_ROTATION_MIN_BYTES)
+        #: Whether the current segment's header carries
+        #: SEGMENT_FLAG_BACKGROUND_SYNC (only such a segment may be rotated
+        #: in the background).
+        self._segment_flagged = False
+        self._pending: _PendingSync | None = None
+        #: Set by close(): its rotation (if the close record fills the
+        #: segment) is synced inline, so no segment_synced follows close.
+        self._closing = False
+        #: The appending thread is blocked in _wait_for_heartbeat (see
+        #: _settle_from_thread).
+        self._append_waiting = False
 
         self._ensure_dir()
         self._lock = journal_lock.acquire(self.path)
@@ -282,6 +321,21 @@ class JournalWriter:
             raise CorruptRecord(
                 "journal is damaged before its end; refusing to append "
                 f"(run 'artiq-journal verify'): {errors[0]}", path=self.path)
+        if any(d.kind == "unsynced_tail" for d in reader.diagnostics):
+            # Power loss while the segment before the last was syncing in
+            # the background: the journal ends at its tear, and the last
+            # segment holds only records never acknowledged (FORMAT.md 8.6,
+            # 11).  It goes (its name first, durably), then the tear is cut
+            # below like a torn tail.
+            _, last_path = reader.segments[-1]
+            try:
+                self.ops.unlink(last_path)
+            except OSError as exc:
+                raise JournalFailed(f"cannot remove unacknowledged segment: "
+                                    f"{exc.strerror or exc}",
+                                    path=last_path) from exc
+            self._sync_dir(self.path)
+            del reader.segments[-1]
         self._seq = self._durable_seq = max(reader.last_trusted_seq, snap_seq)
         self._snapshot_seq = None if start is None else snap_seq
         if not reader.segments:
@@ -309,7 +363,7 @@ class JournalWriter:
         cut, holds_records = _intact_end(reader, number, seg_path, size,
                                          snap_pos)
         try:
-            decode_segment_header(head)
+            header = decode_segment_header(head)
         except ValueError:
             if holds_records:
                 raise CorruptRecord("segment header is damaged but intact "
@@ -319,6 +373,8 @@ class JournalWriter:
             # size was made durable, the data not).  Nothing in it was
             # acknowledged (a segment's header is synced before any record
             # in it), so start it afresh.
+            if len(reader.segments) >= 2:
+                self._sync_previous_segment(reader.segments[-2][1])
             try:
                 self.ops.unlink(seg_path)
             except OSError as exc:
@@ -361,14 +417,40 @@ class JournalWriter:
         self._fd = fd
         self._segment = number
         self._offset = cut
+        self._segment_flagged = bool(header.flags
+                                     & SEGMENT_FLAG_BACKGROUND_SYNC)
+        if len(reader.segments) >= 2:
+            self._sync_previous_segment(reader.segments[-2][1])
+
+    def _sync_previous_segment(self, seg_path: str) -> None:
+        # A writer that died (process crash) while the segment before the
+        # last was still syncing in the background left it in the page
+        # cache only; records acknowledged from now on come after it.
+        try:
+            fd = self.ops.open(seg_path, os.O_RDONLY | O_NOFOLLOW
+                               | O_CLOEXEC)
+        except FileNotFoundError:
+            return  # deleted by a snapshot: covered, nothing to sync
+        except OSError as exc:
+            raise JournalFailed(f"cannot open segment: {exc.strerror or exc}",
+                                path=seg_path) from exc
+        try:
+            self.ops.fdatasync(fd)
+        except OSError as exc:
+            raise JournalFailed(f"fdatasync failed: {exc.strerror or exc}",
+                                path=seg_path) from exc
+        finally:
+            self.ops.close(fd)
 
     def _new_segment(self, number: int) -> None:
         seg_path = os.path.join(self.path, segment_name(number))
+        flags = SEGMENT_FLAG_BACKGROUND_SYNC if self._background_rotation \
+            else 0
         try:
             fd = self.ops.open(seg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
                                | O_NOFOLLOW | O_CLOEXEC, CREATE_MODE)
             self._fd = fd
-            header = encode_segment_header(number, self._seq + 1)
+            header = encode_segment_header(number, self._seq + 1, flags)
             self._write_all(fd, header)
             # Under every policy (once per segment, so cheap): the header
             # and the file's name must be durable before any record in it is
@@ -381,6 +463,7 @@ class JournalWriter:
             self._fail(exc, seg_path, "create segment")
         self._segment = number
         self._offset = SEGMENT_HEADER_SIZE
+        self._segment_flagged = bool(flags)
 
     # -- appending ---------------------------------------------------------------
 
@@ -615,23 +698,124 @@ class JournalWriter:
 
     def _rotate(self) -> None:
         with self._sync_lock:
+            # A segment rotated earlier and still syncing is settled first:
+            # at most one segment is ever unsynced behind the current one
+            # (readers rely on it: FORMAT.md section 8.6).
+            self._settle_locked()
             old_fd = self._fd
-            # Under every policy (once per segment): the old segment is made
-            # durable before the next one exists, so only the last segment
-            # can end in a torn record, and sync()/close(), which sync only
-            # the current segment, truly make everything durable.
-            self._datasync(old_fd)
-            self._durable_seq = self._seq
+            background = (self._background_rotation and self._segment_flagged
+                          and not self._closing)
+            if not background:
+                # The old segment is made durable before the next one
+                # exists, so sync()/close(), which sync only the current
+                # segment, truly make everything durable.
+                self._datasync(old_fd)
+                self._durable_seq = self._seq
             # The descriptor is released even when close() reports an error
             # (a deferred write error, e.g. on NFS): forget it first, then
             # treat the error as the write failure it is.
             self._fd = None
             self._bytes_before_segment += self._offset
-            try:
-                self.ops.close(old_fd)
-            except OSError as exc:
-                self._fail(exc, self._segment_path(), "close")
+            if background:
+                # fdatasync of a full segment takes ~75 ms; the caller goes
+                # on writing into the next segment meanwhile.  Nothing
+                # written after this point is acknowledged until the sync
+                # returned and a segment_synced record says so (_settle).
+                pending = _PendingSync(old_fd, self._segment, self._seq,
+                                       self._segment_path())
+                self._pending = pending
+                threading.Thread(target=self._background_sync,
+                                 args=(pending,), daemon=True,
+                                 name=f"artiq-journal segment sync "
+                                      f"{pending.path}").start()
+            else:
+                try:
+                    self.ops.close(old_fd)
+                except OSError as exc:
+                    self._fail(exc, self._segment_path(), "close")
             self._new_segment(self._segment + 1)
+
+    def _background_sync(self, pending: _PendingSync) -> None:
+        try:
+            self.ops.fdatasync(pending.fd)
+            deleted = os.fstat(pending.fd).st_nlink == 0
+        except OSError as exc:
+            err = JournalFailed(f"fdatasync failed: {exc.strerror or exc} "
+                                "(journal stopped; nothing more will be "
+                                "appended)", path=pending.path)
+            err.__cause__ = exc
+        else:
+            err = None if not deleted else JournalFailed(
+                f"journal file was deleted ({os.strerror(errno.ENOENT)}; "
+                "journal directory removed?): records written to it are on "
+                "no disk (journal stopped; nothing more will be appended)",
+                path=pending.path)
+        if err is not None:
+            pending.error = err
+            if self._broken is None:
+                self._broken = err  # fail-stop: the next append raises it
+        pending.done.set()
+
+    def _settle_locked(self) -> None:
+        """Finish the background sync of the previous segment (waiting for
+        it), close it and append its segment_synced record to the current
+        segment.  Caller holds ``_sync_lock`` and excludes appends and
+        heartbeats (it appends)."""
+        pending = self._pending
+        if pending is None:
+            return
+        pending.done.wait()
+        self._pending = None
+        try:
+            self.ops.close(pending.fd)
+        except OSError as exc:
+            if pending.error is None:
+                self._fail(exc, pending.path, "close")
+        if pending.error is not None:
+            self._broken = pending.error
+            raise pending.error
+        if self._broken is not None:
+            raise self._broken
+        self._durable_seq = max(self._durable_seq, pending.last_seq)
+        # Written directly (no rotation from here: the caller holds
+        # _sync_lock).  Any acknowledgement after this point comes from a
+        # sync of the current segment that covers this record: a reader
+        # finding no such record knows nothing after the old segment was
+        # acknowledged (FORMAT.md section 8.6).
+        seq = self._seq + 1
+        data = encode_record(seq, REC_SEGMENT_SYNCED,
+                             codec.pack([pending.number, pending.last_seq]))
+        try:
+            self._write_all(self._fd, data)
+        except OSError as exc:
+            self._fail(exc, self._segment_path(), "write")
+        self._seq = seq
+        self._offset += len(data)
+
+    def _settle_from_thread(self) -> bool:
+        """_settle_locked from the group-commit thread, inside the append
+        exclusion.  Unlike a heartbeat it does not give up when an append
+        is under way: it waits for that append to end (or for the
+        appending thread to block on it), so durable_seq keeps moving also
+        under back-to-back appends.  False: stopped or failed."""
+        with self._beat_lock:
+            self._beating = True
+            try:
+                # Dekker as in _heartbeat, plus _append_waiting: an appender
+                # that read _beating True blocks on _beat_lock (held here).
+                while self._in_append and not self._append_waiting:
+                    if self._stop.is_set() or self._broken is not None:
+                        return False
+                    time.sleep(0.0002)
+                if self._broken is not None or self._fd is None:
+                    return False
+                with self._sync_lock:
+                    self._settle_locked()
+                return True
+            except JournalError:
+                return False
+            finally:
+                self._beating = False
 
     # -- durability ----------------------------------------------------------------
 
@@ -660,15 +844,36 @@ class JournalWriter:
         """Make every appended record durable now; return durable_seq."""
         if self._broken is not None:
             raise self._broken
-        with self._sync_lock:
-            self._sync_locked()
+        if self._pending is None:
+            with self._sync_lock:
+                self._sync_locked(exclusive=False)
+            if self._pending is None:
+                return self._durable_seq
+        # Settling appends a record: excluded from heartbeats like an
+        # append (sync() is called by the appending thread).
+        self._in_append = True
+        try:
+            if self._beating:
+                self._wait_for_heartbeat()
+            with self._sync_lock:
+                self._sync_locked(exclusive=True)
+        finally:
+            self._in_append = False
         return self._durable_seq
 
-    def _sync_locked(self) -> None:
+    def _sync_locked(self, exclusive: bool = True) -> None:
+        """Make everything appended durable (caller holds ``_sync_lock``).
+        ``exclusive``: the caller excludes appends and heartbeats, so a
+        segment still syncing in the background can be settled here;
+        otherwise nothing is acknowledged until it is."""
+        if self._pending is not None:
+            if not exclusive:
+                return
+            self._settle_locked()
         target = self._seq
         if target <= self._durable_seq or self._fd is None:
             return
-        # Earlier segments were synced at rotation: this one is all that
+        # Earlier segments are synced and settled: this one is all that
         # can hold records not yet durable.
         self._datasync(self._fd)
         self._durable_seq = target
@@ -690,9 +895,17 @@ class JournalWriter:
             if next_beat is not None and clock() >= next_beat:
                 if self._heartbeat():
                     next_beat = clock() + beat_every
+            pending = self._pending
+            if pending is not None:
+                if not pending.done.is_set():
+                    continue  # nothing is acknowledged before it is synced
+                if not self._settle_from_thread():
+                    if self._broken is not None:
+                        return
+                    continue
             with self._sync_lock:
                 try:
-                    self._sync_locked()
+                    self._sync_locked(exclusive=False)
                 except JournalFailed:
                     return  # the next append raises it
 
@@ -740,8 +953,12 @@ class JournalWriter:
 
     def _wait_for_heartbeat(self) -> None:
         # The heartbeat holds _beat_lock for as long as _beating is True.
+        # _append_waiting tells _settle_from_thread this thread is blocked
+        # here (not inside an append); it is cleared while the lock is held,
+        # so the next holder never sees a stale True.
+        self._append_waiting = True
         with self._beat_lock:
-            pass
+            self._append_waiting = False
 
     def _sync_dir(self, path: str) -> None:
         try:
@@ -781,7 +998,7 @@ class JournalWriter:
             # there would apply the point's tail without its head.
             raise ValueError("write_snapshot inside an open point")
         with self._sync_lock:
-            self._sync_locked()
+            self._sync_locked(exclusive=True)
         seq = self._seq
         previous = self._snapshot_seq
         payload = {"position": [self._segment, self._offset], "state": state}
@@ -830,9 +1047,15 @@ class JournalWriter:
             self._thread = None
         try:
             if self._broken is None:
+                # Settled before the close record (its segment_synced must
+                # not follow the close), and the close record's own rotation
+                # is inline.
+                self._closing = True
+                with self._sync_lock:
+                    self._settle_locked()
                 self.append(REC_CLOSE, [reason])
                 with self._sync_lock:
-                    self._sync_locked()
+                    self._sync_locked(exclusive=True)
         finally:
             self._abandon()
             if self._broken is None:
@@ -851,6 +1074,15 @@ class JournalWriter:
             self._broken = JournalClosed("journal is closed", path=self.path)
 
     def _abandon(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            # Its descriptor is closed only after the background fdatasync
+            # returned (a number reused meanwhile would be synced instead).
+            pending.done.wait()
+            try:
+                self.ops.close(pending.fd)
+            except OSError:
+                pass
         fd, self._fd = self._fd, None
         if fd is not None:
             try:

@@ -28,7 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..journal.constants import REC_APPEND, REC_HEARTBEAT
+from ..journal.constants import (REC_APPEND, REC_HEARTBEAT,
+                                 REC_SEGMENT_SYNCED)
 from ..journal.tail import look
 from ..runstate import RunState
 
@@ -79,7 +80,8 @@ def _trusted_tail(journal_dir: str, state: RunState, window: int) -> list:
             break
         chain.append(r)
     chain.reverse()
-    return [r for r in chain if r.rtype != REC_HEARTBEAT]
+    return [r for r in chain
+            if r.rtype != REC_HEARTBEAT and r.rtype != REC_SEGMENT_SYNCED]
 
 
 def _list_of(state: RunState, key: str) -> Any:
