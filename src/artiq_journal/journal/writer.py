@@ -52,7 +52,7 @@ from .framing import (crc32, crc32_parts, decode_segment_header,
                       encode_record, encode_segment_header, segment_name)
 from .fsio import OS_FILE_OPS, FileOps, missing_directories
 from .codec import MAX_NESTING
-from .reader import JournalReader, Position, list_segments
+from .reader import JournalReader, Position, _vouching, list_segments
 from .safefile import (CREATE_MODE, O_CLOEXEC, O_NOFOLLOW,
                        open_regular_file)
 
@@ -373,7 +373,7 @@ class JournalWriter:
             # size was made durable, the data not).  Nothing in it was
             # acknowledged (a segment's header is synced before any record
             # in it), so start it afresh.
-            if len(reader.segments) >= 2:
+            prev_flagged = len(reader.segments) >= 2 and \
                 self._sync_previous_segment(reader.segments[-2][1])
             try:
                 self.ops.unlink(seg_path)
@@ -382,6 +382,8 @@ class JournalWriter:
                                     f"{exc.strerror or exc}",
                                     path=seg_path) from exc
             self._new_segment(number)
+            if prev_flagged:
+                self._write_marker(reader.segments[-2][0], self._seq)
             return
         if cut > size:
             raise CorruptRecord(f"segment ends at {size}, before the "
@@ -420,9 +422,16 @@ class JournalWriter:
         self._segment_flagged = bool(header.flags
                                      & SEGMENT_FLAG_BACKGROUND_SYNC)
         if len(reader.segments) >= 2:
-            self._sync_previous_segment(reader.segments[-2][1])
+            prev_number, prev_path = reader.segments[-2]
+            if self._sync_previous_segment(prev_path) and not _vouching(
+                    seg_path, prev_number, self.max_record_bytes)[0]:
+                # Its writer died before vouching for it; synced now, it is
+                # vouched for before anything here is acknowledged.
+                self._write_marker(prev_number, header.first_seq - 1)
 
-    def _sync_previous_segment(self, seg_path: str) -> None:
+    def _sync_previous_segment(self, seg_path: str) -> bool:
+        """fdatasync segment ``seg_path``; return whether its header has
+        the background sync flag (False if it is gone)."""
         # A writer that died (process crash) while the segment before the
         # last was still syncing in the background left it in the page
         # cache only; records acknowledged from now on come after it.
@@ -430,17 +439,23 @@ class JournalWriter:
             fd = self.ops.open(seg_path, os.O_RDONLY | O_NOFOLLOW
                                | O_CLOEXEC)
         except FileNotFoundError:
-            return  # deleted by a snapshot: covered, nothing to sync
+            return False  # deleted by a snapshot: covered, nothing to sync
         except OSError as exc:
             raise JournalFailed(f"cannot open segment: {exc.strerror or exc}",
                                 path=seg_path) from exc
         try:
             self.ops.fdatasync(fd)
+            head = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
         except OSError as exc:
             raise JournalFailed(f"fdatasync failed: {exc.strerror or exc}",
                                 path=seg_path) from exc
         finally:
             self.ops.close(fd)
+        try:
+            return bool(decode_segment_header(head).flags
+                        & SEGMENT_FLAG_BACKGROUND_SYNC)
+        except ValueError:
+            return False
 
     def _new_segment(self, number: int) -> None:
         seg_path = os.path.join(self.path, segment_name(number))
@@ -697,14 +712,19 @@ class JournalWriter:
         raise err
 
     def _rotate(self) -> None:
+        if self._closing and self._segment_flagged:
+            # The close record stays the last record: no segment after it
+            # (one would need a segment_synced record after the close).
+            return
         with self._sync_lock:
             # A segment rotated earlier and still syncing is settled first:
             # at most one segment is ever unsynced behind the current one
             # (readers rely on it: FORMAT.md section 8.6).
             self._settle_locked()
             old_fd = self._fd
-            background = (self._background_rotation and self._segment_flagged
-                          and not self._closing)
+            old_number, old_last = self._segment, self._seq
+            old_flagged = self._segment_flagged
+            background = self._background_rotation and self._segment_flagged
             if not background:
                 # The old segment is made durable before the next one
                 # exists, so sync()/close(), which sync only the current
@@ -734,6 +754,10 @@ class JournalWriter:
                 except OSError as exc:
                     self._fail(exc, self._segment_path(), "close")
             self._new_segment(self._segment + 1)
+            if old_flagged and not background:
+                # A flagged segment synced inline is vouched for all the
+                # same: readers cannot tell how it was rotated.
+                self._write_marker(old_number, old_last)
 
     def _background_sync(self, pending: _PendingSync) -> None:
         try:
@@ -777,14 +801,18 @@ class JournalWriter:
         if self._broken is not None:
             raise self._broken
         self._durable_seq = max(self._durable_seq, pending.last_seq)
-        # Written directly (no rotation from here: the caller holds
-        # _sync_lock).  Any acknowledgement after this point comes from a
-        # sync of the current segment that covers this record: a reader
-        # finding no such record knows nothing after the old segment was
-        # acknowledged (FORMAT.md section 8.6).
+        self._write_marker(pending.number, pending.last_seq)
+
+    def _write_marker(self, number: int, last_seq: int) -> None:
+        """Append segment_synced [number, last_seq] to the current segment.
+        Written directly (no rotation from here: callers hold _sync_lock).
+        Any acknowledgement after this comes from a sync of the current
+        segment that covers this record: a reader finding no such record
+        knows nothing after segment ``number`` was acknowledged (FORMAT.md
+        section 8.6)."""
         seq = self._seq + 1
         data = encode_record(seq, REC_SEGMENT_SYNCED,
-                             codec.pack([pending.number, pending.last_seq]))
+                             codec.pack([number, last_seq]))
         try:
             self._write_all(self._fd, data)
         except OSError as exc:
