@@ -744,16 +744,19 @@ class JournalWriter:
                 pending = _PendingSync(old_fd, self._segment, self._seq,
                                        self._segment_path())
                 self._pending = pending
-                threading.Thread(target=self._background_sync,
-                                 args=(pending,), daemon=True,
-                                 name=f"artiq-journal segment sync "
-                                      f"{pending.path}").start()
             else:
                 try:
                     self.ops.close(old_fd)
                 except OSError as exc:
                     self._fail(exc, self._segment_path(), "close")
             self._new_segment(self._segment + 1)
+            if background:
+                # Started once the next segment exists (its creation is
+                # synced inline: small), so the two syncs do not compete.
+                threading.Thread(target=self._background_sync,
+                                 args=(pending,), daemon=True,
+                                 name=f"artiq-journal segment sync "
+                                      f"{pending.path}").start()
             if old_flagged and not background:
                 # A flagged segment synced inline is vouched for all the
                 # same: readers cannot tell how it was rotated.
