@@ -324,9 +324,9 @@ class DocReader:
 
     def unsynced_tear(self, k, file, o):
         self.unsettled = None
-        vouched, count = self.vouching(self.all[-1][1], k)
-        if vouched:
-            return False
+        for n, later in self.all:
+            if n > k and self.vouching(later, k)[0]:
+                return False
         self.diag("unsynced_tail", file, o, "warning")
         self.ended = True
         return True
@@ -383,6 +383,7 @@ class DocReader:
         return (number, first_seq, flags)
 
     def read_segment(self, number, file, is_last, start_offset):
+        prev, self.unsettled = self.unsettled, None
         with open(file, "rb") as f:
             self.data = data = f.read()
         size = len(data)
@@ -401,19 +402,19 @@ class DocReader:
             if is_last and not any(data):
                 self.diag("torn_tail", file, 0, "info")
                 return
+            if header != "version" and prev is not None \
+                    and self.unsynced_tear(prev[0], file, 0):
+                return
             if header == "version":
                 self.diag("unsupported_version", file, 0)
                 self.trusting = False
                 return
             self.diag("bad_segment_header", file, 0)
             header = None
-        if header and self.unsettled is not None and is_last \
-                and header[1] > self.next_seq \
-                and self.unsynced_tear(*self.unsettled):
+        if header and prev is not None and header[1] > self.next_seq \
+                and self.unsynced_tear(*prev):
             return
-        self.unsettled = None
-        if header and not is_last and header[2] & 1 \
-                and len(self.all) >= 2 and number == self.all[-2][0]:
+        if header and not is_last and header[2] & 1:
             self.unsettled = (number, file, size)
         if header and header[0] != number:
             self.diag("bad_segment_header", file, 0)

@@ -579,7 +579,8 @@ def _classify_tears(rec: RecordingFileOps, expect: Expectations,
                     reader = JournalReader(journal, decode=False)
                     list(reader)
                     diags = reader.diagnostics
-                    assert not any(d.kind == "unsynced_tail" for d in diags)
+                    assert not any(d.kind == "unsynced_tail" for d in diags), \
+                        ([str(d) for d in diags], segs, [_vouching(x[1], segs[-2][0], 1 << 28) for x in list_segments(journal)], os.listdir(journal))
                     assert any(d.severity == "error" for d in diags), diags
                     counts["vouched_torn_is_error"] += 1
             shutil.rmtree(root)

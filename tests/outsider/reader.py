@@ -447,15 +447,20 @@ class Reader:
     # 8.6: a segment synced in the background
     def unsynced_tear(self, k, path, o):
         self.unsettled = None
-        vouched, count = vouching(self.all[-1][1], k)
-        if vouched:
-            return False
+        count = 0
+        for n, later in self.all:
+            if n > k:
+                vouched, c = vouching(later, k)
+                if vouched:
+                    return False
+                count += c
         self.diag("unsynced_tail", path, o,
-                  f"unsynced tear; {count} intact records of the last segment not applied")
+                  f"unsynced tear; {count} intact records of later segments not applied")
         self.ended = True
         return True
 
     def read_segment(self, number, path, is_last, start_offset):
+        prev, self.unsettled = self.unsettled, None   # 8.6
         fd, err = open_regular(path)
         if fd is None:
             if err == "not_regular":
@@ -482,18 +487,18 @@ class Reader:
             if is_last and not any(data):
                 self.diag("torn_tail", path, 0, "zero-filled segment")
                 return
+            if problem[0] != 5 and prev is not None and self.unsynced_tear(prev[0], path, 0):
+                return
             if problem[0] == 5:
                 self.diag("unsupported_version", path, 0, problem[1])
                 self.trusting = False
                 return
             self.diag("bad_segment_header", path, 0, problem[1])
-        if header is not None and self.unsettled is not None and is_last \
+        if header is not None and prev is not None \
                 and header["first_seq"] > self.next_seq \
-                and self.unsynced_tear(*self.unsettled):
+                and self.unsynced_tear(*prev):
             return
-        self.unsettled = None
-        if header is not None and not is_last and header["flags"] & 1 \
-                and len(self.all) >= 2 and number == self.all[-2][0]:
+        if header is not None and not is_last and header["flags"] & 1:
             self.unsettled = (number, path, size)
         if header is not None and header["number"] != number:
             self.diag("bad_segment_header", path, 0, "segment number mismatch")

@@ -506,6 +506,16 @@ def corpus(root):
                     os.truncate(ss[-2][1], k_cut)
                     os.truncate(ss[-1][1], last_cut)
                 cases.append((f"unsynced-tear@{k_cut}/{last_cut}", tear))
+
+        def header_lost(d, which):
+            # The header of a segment created by a background rotation
+            # never reached the disk (it is synced with the segment before).
+            ss = segs(d)
+            with open(ss[which][1], "r+b") as f:
+                f.write(bytes(32))
+        for which in (-1, -2):
+            cases.append((f"header-lost@{which}",
+                          lambda d, which=which: header_lost(d, which)))
         for label, fn in cases:
             d = os.path.join(root, "cases", f"{seed}-{label}".replace("/", "_"), "1-Exp.journal")
             shutil.copytree(base, d)

@@ -221,6 +221,9 @@ class JournalReader:
 
     def _read_segment(self, number, seg_path, is_last, start_offset):
         name = os.path.basename(seg_path)
+        # 8.6: the segment just before, if it had the background sync flag
+        # (applies to this segment only).
+        unsettled, self._unsettled = self._unsettled, None
         try:
             f = open_regular_file(seg_path, buffering=_READ_BUFFER)
         except NotRegularFile as exc:
@@ -268,6 +271,12 @@ class JournalReader:
                                    "before its header reached the disk)",
                                    severity="info")
                         return
+                    if kind != "unsupported_version" and \
+                            unsettled is not None and \
+                            self._unsynced_tear(unsettled[0], seg_path, 0):
+                        # Its header never reached the disk: the segment
+                        # before was still syncing in the background (8.6).
+                        return
                     self._diag(kind, seg_path, 0, str(exc))
                     if kind == "unsupported_version":
                         # Records of a newer format may mean something else:
@@ -277,18 +286,15 @@ class JournalReader:
                     # A damaged segment header loses no record by itself;
                     # sequence continuity decides what is trusted.
                     header = None
-                if header is not None and self._unsettled is not None \
-                        and is_last and header.first_seq > self._next_seq \
-                        and self._unsynced_tear(*self._unsettled):
+                if header is not None and unsettled is not None \
+                        and header.first_seq > self._next_seq \
+                        and self._unsynced_tear(*unsettled):
                     # The segment before ended early: its last records never
                     # reached the disk (8.6).
                     return
-                self._unsettled = None
-                if header is not None and is_last is False \
-                        and header.flags & SEGMENT_FLAG_BACKGROUND_SYNC \
-                        and self.segments and len(self.segments) >= 2 \
-                        and self.segments[-2][0] == number:
-                    # May have been left unsynced behind the last segment.
+                if header is not None and not is_last \
+                        and header.flags & SEGMENT_FLAG_BACKGROUND_SYNC:
+                    # May have been left unsynced behind the next segment.
                     self._unsettled = (number, seg_path, size)
                 if header is not None and header.number != number:
                     self._diag("bad_segment_header", seg_path, 0,
@@ -522,17 +528,20 @@ class JournalReader:
         last segment vouches for it (FORMAT.md 8.6).  If it is one, report
         it, end the journal here and return True."""
         self._unsettled = None
-        last_number, last_path = self.segments[-1]
-        vouched, count = _vouching(last_path, number, self.max_record_bytes)
-        if vouched:
-            return False
+        count = 0
+        for later_number, later_path in self.segments:
+            if later_number <= number:
+                continue
+            vouched, n = _vouching(later_path, number, self.max_record_bytes)
+            if vouched:
+                return False
+            count += n
         self._diag("unsynced_tail", seg_path, offset,
-                   f"segment {number} ends in a tear at offset {offset} but "
-                   "was never reported synced (power loss while it was "
-                   "syncing in the background): nothing after the tear was "
-                   f"acknowledged; the {count} intact records of "
-                   f"{os.path.basename(last_path)} are not applied",
-                   severity="warning")
+                   f"segment {number} was never reported synced (power loss "
+                   "while it was syncing in the background) and the journal "
+                   f"is torn here: nothing after this was acknowledged; "
+                   f"{count} intact records of later segments are not "
+                   "applied", severity="warning")
         self._ended = True
         return True
 

@@ -73,6 +73,10 @@ _GIL_ENABLED = getattr(sys, "_is_gil_enabled", lambda: True)()
 #: segment_synced record, and small segments are what tests use to get
 #: many of them (tests lower this to exercise the background path).
 BACKGROUND_ROTATION_MIN_BYTES = 1 << 20
+#: At most this many rotated segments sync in the background at once; a
+#: rotation beyond waits for the oldest (bounds threads and descriptors;
+#: the kernel's dirty-page limits bound the memory).
+MAX_BACKGROUND_SYNCS = 16
 
 _live_writers: "weakref.WeakSet[JournalWriter]" = weakref.WeakSet()
 
@@ -134,6 +138,10 @@ class _PendingSync:
             fd, number, last_seq, path
         self.done = threading.Event()
         self.error: JournalFailed | None = None
+        #: The segment created by the rotation (its header is synced by
+        #: the background sync too).
+        self.new_fd: int | None = None
+        self.new_path = ""
 
 
 #: Levels of directories above a journal whose entries are fsynced when it
@@ -215,7 +223,9 @@ class JournalWriter:
         #: SEGMENT_FLAG_BACKGROUND_SYNC (only such a segment may be rotated
         #: in the background).
         self._segment_flagged = False
-        self._pending: _PendingSync | None = None
+        #: Rotated segments still syncing or not yet vouched for, oldest
+        #: first (settled strictly in this order).
+        self._pendings: list = []
         #: Set by close(): its rotation (if the close record fills the
         #: segment) is synced inline, so no segment_synced follows close.
         self._closing = False
@@ -321,21 +331,26 @@ class JournalWriter:
             raise CorruptRecord(
                 "journal is damaged before its end; refusing to append "
                 f"(run 'artiq-journal verify'): {errors[0]}", path=self.path)
-        if any(d.kind == "unsynced_tail" for d in reader.diagnostics):
-            # Power loss while the segment before the last was syncing in
-            # the background: the journal ends at its tear, and the last
-            # segment holds only records never acknowledged (FORMAT.md 8.6,
-            # 11).  It goes (its name first, durably), then the tear is cut
-            # below like a torn tail.
-            _, last_path = reader.segments[-1]
-            try:
-                self.ops.unlink(last_path)
-            except OSError as exc:
-                raise JournalFailed(f"cannot remove unacknowledged segment: "
-                                    f"{exc.strerror or exc}",
-                                    path=last_path) from exc
+        tears = [d for d in reader.diagnostics if d.kind == "unsynced_tail"]
+        if tears:
+            # Power loss while segments were syncing in the background: the
+            # journal ends at the tear, and what follows it was never
+            # acknowledged (FORMAT.md 8.6, 11).  The segments after it go
+            # (their names first, durably; newest first), and so does a
+            # segment whose header is the tear; a tear inside a segment is
+            # then cut below like a torn tail.
+            tear = tears[0]
+            paths = [path for _, path in reader.segments]
+            keep = paths.index(tear.path) + (0 if tear.offset == 0 else 1)
+            for path in reversed(paths[keep:]):
+                try:
+                    self.ops.unlink(path)
+                except OSError as exc:
+                    raise JournalFailed(f"cannot remove unacknowledged "
+                                        f"segment: {exc.strerror or exc}",
+                                        path=path) from exc
             self._sync_dir(self.path)
-            del reader.segments[-1]
+            del reader.segments[keep:]
         self._seq = self._durable_seq = max(reader.last_trusted_seq, snap_seq)
         self._snapshot_seq = None if start is None else snap_seq
         if not reader.segments:
@@ -373,6 +388,8 @@ class JournalWriter:
             # size was made durable, the data not).  Nothing in it was
             # acknowledged (a segment's header is synced before any record
             # in it), so start it afresh.
+            for _, earlier in reader.segments[:-2]:
+                self._sync_previous_segment(earlier)
             prev_flagged = len(reader.segments) >= 2 and \
                 self._sync_previous_segment(reader.segments[-2][1])
             try:
@@ -421,6 +438,8 @@ class JournalWriter:
         self._offset = cut
         self._segment_flagged = bool(header.flags
                                      & SEGMENT_FLAG_BACKGROUND_SYNC)
+        for _, earlier in reader.segments[:-2]:
+            self._sync_previous_segment(earlier)
         if len(reader.segments) >= 2:
             prev_number, prev_path = reader.segments[-2]
             if self._sync_previous_segment(prev_path) and not _vouching(
@@ -457,7 +476,10 @@ class JournalWriter:
         except ValueError:
             return False
 
-    def _new_segment(self, number: int) -> None:
+    def _new_segment(self, number: int, sync: bool = True) -> None:
+        """Create segment ``number``.  ``sync`` False (a background
+        rotation): its header and name are made durable by the background
+        sync instead, before anything in it is acknowledged."""
         seg_path = os.path.join(self.path, segment_name(number))
         flags = SEGMENT_FLAG_BACKGROUND_SYNC if self._background_rotation \
             else 0
@@ -467,13 +489,16 @@ class JournalWriter:
             self._fd = fd
             header = encode_segment_header(number, self._seq + 1, flags)
             self._write_all(fd, header)
-            # Under every policy (once per segment, so cheap): the header
-            # and the file's name must be durable before any record in it is
-            # acknowledged -- sync() and close() sync only the current
-            # segment's data, and a lost name or a zero header would take
-            # its records with it.
-            self.ops.fdatasync(fd)
-            self.ops.fsync_dir(self.path)
+            # The header and the file's name must be durable before any
+            # record in it is acknowledged -- sync() and close() sync only
+            # the current segment's data, and a lost name or a zero header
+            # would take its records with it.  Inline unless the rotation
+            # syncs in the background: on ext4 (data=ordered) this small
+            # sync commits the journal, which first writes out the previous
+            # segment's dirty data -- the very wait the background avoids.
+            if sync:
+                self.ops.fdatasync(fd)
+                self.ops.fsync_dir(self.path)
         except OSError as exc:
             self._fail(exc, seg_path, "create segment")
         self._segment = number
@@ -717,10 +742,12 @@ class JournalWriter:
             # (one would need a segment_synced record after the close).
             return
         with self._sync_lock:
-            # A segment rotated earlier and still syncing is settled first:
-            # at most one segment is ever unsynced behind the current one
-            # (readers rely on it: FORMAT.md section 8.6).
-            self._settle_locked()
+            # Segments whose background sync returned are vouched for now
+            # (in order); the oldest is waited for only when too many are
+            # in flight.
+            self._settle_locked(wait=False)
+            while len(self._pendings) >= MAX_BACKGROUND_SYNCS:
+                self._settle_one()
             old_fd = self._fd
             old_number, old_last = self._segment, self._seq
             old_flagged = self._segment_flagged
@@ -739,20 +766,22 @@ class JournalWriter:
             if background:
                 # fdatasync of a full segment takes ~75 ms; the caller goes
                 # on writing into the next segment meanwhile.  Nothing
-                # written after this point is acknowledged until the sync
-                # returned and a segment_synced record says so (_settle).
+                # written after this point is acknowledged until this and
+                # every earlier segment synced and a segment_synced record
+                # says so (_settle_one).
                 pending = _PendingSync(old_fd, self._segment, self._seq,
                                        self._segment_path())
-                self._pending = pending
+                self._pendings.append(pending)
+                self._new_segment(self._segment + 1, sync=False)
+                pending.new_fd = self._fd
+                pending.new_path = self._segment_path()
             else:
                 try:
                     self.ops.close(old_fd)
                 except OSError as exc:
                     self._fail(exc, self._segment_path(), "close")
-            self._new_segment(self._segment + 1)
+                self._new_segment(self._segment + 1)
             if background:
-                # Started once the next segment exists (its creation is
-                # synced inline: small), so the two syncs do not compete.
                 threading.Thread(target=self._background_sync,
                                  args=(pending,), daemon=True,
                                  name=f"artiq-journal segment sync "
@@ -763,13 +792,23 @@ class JournalWriter:
                 self._write_marker(old_number, old_last)
 
     def _background_sync(self, pending: _PendingSync) -> None:
+        # The previous segment first, then the new one's header (and the
+        # records already behind it) and its name: by then the previous
+        # segment's data is out, so these are cheap.  The new segment's
+        # descriptor stays open until this is settled (the next rotation
+        # and close settle first).
+        path = pending.path
         try:
             self.ops.fdatasync(pending.fd)
             deleted = os.fstat(pending.fd).st_nlink == 0
+            if not deleted:
+                path = pending.new_path
+                self.ops.fdatasync(pending.new_fd)
+                self.ops.fsync_dir(self.path)
         except OSError as exc:
             err = JournalFailed(f"fdatasync failed: {exc.strerror or exc} "
                                 "(journal stopped; nothing more will be "
-                                "appended)", path=pending.path)
+                                "appended)", path=path)
             err.__cause__ = exc
         else:
             err = None if not deleted else JournalFailed(
@@ -783,16 +822,22 @@ class JournalWriter:
                 self._broken = err  # fail-stop: the next append raises it
         pending.done.set()
 
-    def _settle_locked(self) -> None:
-        """Finish the background sync of the previous segment (waiting for
-        it), close it and append its segment_synced record to the current
-        segment.  Caller holds ``_sync_lock`` and excludes appends and
-        heartbeats (it appends)."""
-        pending = self._pending
-        if pending is None:
-            return
+    def _settle_locked(self, wait: bool = True) -> None:
+        """Settle the segments synced in the background, oldest first:
+        ``wait`` for each (else stop at the first still syncing).  Caller
+        holds ``_sync_lock`` and excludes appends and heartbeats (settling
+        appends)."""
+        while self._pendings:
+            if not wait and not self._pendings[0].done.is_set():
+                return
+            self._settle_one()
+
+    def _settle_one(self) -> None:
+        """Wait for the oldest background sync, close its segment and
+        append its segment_synced record to the current segment."""
+        pending = self._pendings[0]
         pending.done.wait()
-        self._pending = None
+        del self._pendings[0]
         try:
             self.ops.close(pending.fd)
         except OSError as exc:
@@ -803,6 +848,7 @@ class JournalWriter:
             raise pending.error
         if self._broken is not None:
             raise self._broken
+        # Every earlier segment is settled: this one's records are durable.
         self._durable_seq = max(self._durable_seq, pending.last_seq)
         self._write_marker(pending.number, pending.last_seq)
 
@@ -841,12 +887,20 @@ class JournalWriter:
                 if self._broken is not None or self._fd is None:
                     return False
                 with self._sync_lock:
-                    self._settle_locked()
+                    self._settle_locked(wait=False)
                 return True
             except JournalError:
                 return False
             finally:
                 self._beating = False
+
+    def _oldest_pending(self) -> _PendingSync | None:
+        # Read without the lock (the appending thread may settle one
+        # meanwhile): a stale answer only delays this tick's work.
+        try:
+            return self._pendings[0]
+        except IndexError:
+            return None
 
     # -- durability ----------------------------------------------------------------
 
@@ -875,10 +929,10 @@ class JournalWriter:
         """Make every appended record durable now; return durable_seq."""
         if self._broken is not None:
             raise self._broken
-        if self._pending is None:
+        if not self._pendings:
             with self._sync_lock:
                 self._sync_locked(exclusive=False)
-            if self._pending is None:
+            if not self._pendings:
                 return self._durable_seq
         # Settling appends a record: excluded from heartbeats like an
         # append (sync() is called by the appending thread).
@@ -897,7 +951,7 @@ class JournalWriter:
         ``exclusive``: the caller excludes appends and heartbeats, so a
         segment still syncing in the background can be settled here;
         otherwise nothing is acknowledged until it is."""
-        if self._pending is not None:
+        if self._pendings:
             if not exclusive:
                 return
             self._settle_locked()
@@ -926,14 +980,13 @@ class JournalWriter:
             if next_beat is not None and clock() >= next_beat:
                 if self._heartbeat():
                     next_beat = clock() + beat_every
-            pending = self._pending
-            if pending is not None:
-                if not pending.done.is_set():
-                    continue  # nothing is acknowledged before it is synced
-                if not self._settle_from_thread():
-                    if self._broken is not None:
-                        return
-                    continue
+            oldest = self._oldest_pending()
+            if oldest is not None:
+                if oldest.done.is_set() and not self._settle_from_thread() \
+                        and self._broken is not None:
+                    return
+                if self._pendings:
+                    continue  # nothing is acknowledged before they settle
             with self._sync_lock:
                 try:
                     self._sync_locked(exclusive=False)
@@ -1064,6 +1117,13 @@ class JournalWriter:
                 pass
             except OSError:
                 break  # harmless: the segment is merely kept
+            # One at a time, oldest first, each durable before the next:
+            # power loss never leaves a segment whose segment_synced record
+            # (format 3, in a later segment) is gone while it stays.
+            try:
+                self.ops.fsync_dir(self.path)
+            except OSError:
+                break
 
     # -- closing ---------------------------------------------------------------------
 
@@ -1105,8 +1165,8 @@ class JournalWriter:
             self._broken = JournalClosed("journal is closed", path=self.path)
 
     def _abandon(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
+        pendings, self._pendings = self._pendings, []
+        for pending in pendings:
             # Its descriptor is closed only after the background fdatasync
             # returned (a number reused meanwhile would be synced instead).
             pending.done.wait()
