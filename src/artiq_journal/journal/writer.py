@@ -226,6 +226,11 @@ class JournalWriter:
         #: Rotated segments still syncing or not yet vouched for, oldest
         #: first (settled strictly in this order).
         self._pendings: list = []
+        #: The descriptor the group-commit thread is syncing outside
+        #: _sync_lock (see _group_sync), and its "done" event.
+        self._group_fd: int | None = None
+        self._group_idle = threading.Event()
+        self._group_idle.set()
         #: Set by close(): its rotation (if the close record fills the
         #: segment) is synced inline, so no segment_synced follows close.
         self._closing = False
@@ -837,6 +842,9 @@ class JournalWriter:
         append its segment_synced record to the current segment."""
         pending = self._pendings[0]
         pending.done.wait()
+        if self._group_fd == pending.fd:
+            # The group-commit thread is still syncing this segment.
+            self._group_idle.wait()
         del self._pendings[0]
         try:
             self.ops.close(pending.fd)
@@ -987,11 +995,45 @@ class JournalWriter:
                     return
                 if self._pendings:
                     continue  # nothing is acknowledged before they settle
-            with self._sync_lock:
-                try:
-                    self._sync_locked(exclusive=False)
-                except JournalFailed:
-                    return  # the next append raises it
+            try:
+                self._group_sync()
+            except JournalFailed:
+                return  # the next append raises it
+
+    def _group_sync(self) -> None:
+        """The group-commit thread's sync of the current segment, outside
+        ``_sync_lock``: a rotation (which takes the lock) does not wait for
+        an fdatasync of a segment holding tens of MiB.  The segment's
+        descriptor is not closed meanwhile (_settle_one waits for
+        ``_group_idle``)."""
+        with self._sync_lock:
+            if self._pendings or self._fd is None \
+                    or self._seq <= self._durable_seq:
+                return
+            target, fd, path = self._seq, self._fd, self._segment_path()
+            self._group_fd = fd
+            self._group_idle.clear()
+        try:
+            self.ops.fdatasync(fd)
+            deleted = os.fstat(fd).st_nlink == 0
+        except OSError as exc:
+            self._fail(exc, path, "fdatasync")
+        finally:
+            self._group_fd = None
+            self._group_idle.set()
+        if deleted:
+            err = JournalFailed(
+                f"journal file was deleted ({os.strerror(errno.ENOENT)}; "
+                "journal directory removed?): records written to it are on "
+                "no disk (journal stopped; nothing more will be appended)",
+                path=path)
+            self._broken = err
+            raise err
+        with self._sync_lock:
+            # Every segment before this one was settled when target was
+            # read (no pending), and this one is synced up to target.
+            if target > self._durable_seq:
+                self._durable_seq = target
 
     def _heartbeat_loop(self) -> None:
         # fsync "always"/"never": a thread of its own that sleeps between
