@@ -91,6 +91,12 @@ def _disable_in_child() -> None:
             path=writer.path)
         writer._fd = None
         writer._lock = None
+        # Background syncs are the parent's threads (absent here) on the
+        # parent's descriptors: nothing to wait for, nothing to close.
+        writer._pendings = []
+        writer._group_fd = None
+        writer._group_idle = threading.Event()
+        writer._group_idle.set()
         # A heartbeat thread of the parent may have held it at the fork:
         # the child's copy would stay locked forever.
         writer._beat_lock = threading.Lock()
