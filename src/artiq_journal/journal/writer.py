@@ -10,9 +10,15 @@ Guarantees (docs/FORMAT.md, "Durability"):
   seconds after a record was written; ``durable_seq`` says how far.
   ``fsync="never"``: only ``sync``, close, snapshots and segment rotation
   sync.
-* Under every policy a segment is created durably (header synced, directory
-  fsynced) and is synced before the next one is created, so syncing the
-  current segment makes everything appended durable.
+* Segment rotation (FORMAT.md section 11): under ``always`` a segment is
+  synced before the next one is created (header synced, directory
+  fsynced).  Under ``never``/``group`` (format 3) the next segment is
+  created at once and the old one, with the new one's header and name,
+  is synced by a background thread; the segment is then *settled*: a
+  ``segment_synced`` record vouching for it is appended.  Nothing written
+  after a rotation is acknowledged (``durable_seq``, ``sync``, close,
+  snapshots) before every earlier segment is settled, so a reader can
+  tell a power-loss tear of an unsynced segment from damage (8.6).
 * Fail-stop: the first failed write or fsync raises :class:`JournalFailed`
   (naming the file) and every later append raises it again.  fsync is never
   retried on the same data: after a failed fsync Linux may already have
