@@ -793,6 +793,10 @@ class JournalWriter:
                 pending.new_fd = self._fd
                 pending.new_path = self._segment_path()
             else:
+                if self._group_fd == old_fd:
+                    # The group-commit thread is syncing it (outside the
+                    # lock): its descriptor must outlive that call.
+                    self._group_idle.wait()
                 try:
                     self.ops.close(old_fd)
                 except OSError as exc:
