@@ -53,7 +53,8 @@ from typing import Any, Iterator
 
 from artiq_journal.errors import NoSnapshot
 from artiq_journal.journal import codec
-from artiq_journal.journal.constants import REC_CLOSE, REC_SET, SNAPSHOT_NEW
+from artiq_journal.journal.constants import (REC_CLOSE, REC_SEGMENT_SYNCED,
+                                             REC_SET, SNAPSHOT_NEW)
 from artiq_journal.journal.fsio import FileOps
 from artiq_journal.journal.reader import JournalReader, Position
 from artiq_journal.journal.snapshot import load_snapshot
@@ -445,6 +446,9 @@ class Expectations:
 
     records: dict[int, tuple[int, bytes]] = field(default_factory=dict)
     snapshots: dict[int, Any] = field(default_factory=dict)
+    #: Seqs of segment_synced records the writer wrote on its own (format
+    #: 3: background rotation); a trusted one must be such a record.
+    markers: set = field(default_factory=set)
 
     def intend_record(self, seq: int, rtype: int, obj: Any) -> None:
         payload = codec.pack(obj)
@@ -475,27 +479,46 @@ class JournalDriver:
         self.rec.mark(durable_seq=self.writer.durable_seq,
                       snapshot_seq=self.snapshot_seq)
 
+    def _note_markers(self, before: int, own: int | None = None) -> None:
+        # Records the writer added on its own: segment_synced (format 3),
+        # written when a segment synced in the background is settled.
+        for seq in range(before + 1, self.writer.last_seq + 1):
+            if seq != own:
+                self.expect.markers.add(seq)
+
     def append(self, rtype: int, obj: Any) -> int:
-        self.expect.intend_record(self.writer.last_seq + 1, rtype, obj)
+        before = self.writer.last_seq
+        self.expect.intend_record(before + 1, rtype, obj)
         seq = self.writer.append(rtype, obj)
+        self._note_markers(before, seq)
         self._mark()
         return seq
 
     def sync(self) -> None:
+        before = self.writer.last_seq
         self.writer.sync()
+        self._note_markers(before)
         self._mark()
 
     def write_snapshot(self, state: Any) -> int:
-        self.expect.intend_snapshot(self.writer.last_seq, state)
+        before = self.writer.last_seq
+        # The snapshot covers what the writer adds while syncing (a
+        # segment_synced record) too: its seq is known only afterwards.
         seq = self.writer.write_snapshot(state)
+        self.expect.intend_snapshot(seq, state)
+        self._note_markers(before)
         self.snapshot_seq = seq
         self._mark()
         return seq
 
     def close(self, reason: str = "closed") -> None:
-        self.expect.intend_record(self.writer.last_seq + 1, REC_CLOSE,
-                                  [reason])
+        before = self.writer.last_seq
         self.writer.close(reason)
+        # Close settles a background sync first (a segment_synced record),
+        # then appends the close record: the last one.
+        seq = self.writer.last_seq
+        self.expect.intend_record(seq, REC_CLOSE, [reason])
+        self._note_markers(before, seq)
         self._mark()
 
 
@@ -565,7 +588,11 @@ def check_state(journal_dir: str, mark: dict, expect: Expectations, *,
     except Exception as exc:  # noqa: BLE001
         return _raised(out, "JournalReader", exc)
     for r in trusted:
-        if expect.records.get(r.seq) != (r.rtype, r.payload):
+        if r.seq in expect.markers:
+            if r.rtype != REC_SEGMENT_SYNCED or not _is_marker(r.payload):
+                bad(f"trusted record seq {r.seq} is not the segment_synced "
+                    "record the writer wrote")
+        elif expect.records.get(r.seq) != (r.rtype, r.payload):
             bad(f"trusted record seq {r.seq} differs from what was written")
     last = reader.last_trusted_seq
     if last < durable:
@@ -651,9 +678,20 @@ def _known_false_alarm(diagnostic) -> bool:
             and "checkpoint.old: missing" in message)
 
 
+def _is_marker(payload: bytes) -> bool:
+    try:
+        value = codec.unpack(payload)
+    except ValueError:
+        return False
+    return (isinstance(value, list) and len(value) == 2
+            and all(type(v) is int for v in value))
+
+
 def _expected_local(expect: Expectations, upto: int) -> dict:
     local = {}
     for seq in range(1, upto + 1):
+        if seq in expect.markers:
+            continue
         rtype, payload = expect.records[seq]
         if rtype == REC_SET:
             key, value = codec.unpack(payload)[:2]
@@ -665,6 +703,9 @@ def _check_reopen(journal_dir: str, last: int, expect: Expectations,
                   out: Outcome) -> None:
     try:
         writer = JournalWriter(journal_dir, fsync="always")
+        # Reopening may first vouch for the segment before the last
+        # (segment_synced, format 3) when its writer died before it did.
+        opened_at = writer.last_seq
         seq = writer.append(REC_SET,
                             ["reopened", b"!", {}, False, False, True])
         writer.close()
@@ -673,9 +714,10 @@ def _check_reopen(journal_dir: str, last: int, expect: Expectations,
                               f"{type(exc).__name__}: {exc}")
         return
     out.reopened += 1
-    if seq != last + 1:
+    if seq != opened_at + 1 or opened_at not in (last, last + 1):
         out.violations.append(f"reopen continued at seq {seq}, expected "
-                              f"{last + 1}")
+                              f"{last + 1} (or {last + 2} after a "
+                              "segment_synced record)")
     result = replay(journal_dir)
     if result.last_seq != seq + 1 or not result.state.closed:
         out.violations.append(f"after reopen, replay ends at seq "

@@ -418,7 +418,7 @@ def test_segment_from_a_newer_format_refuses_to_append(tmp_path):
     run.writer.close()
     seg = os.path.join(run.path, segment_name(1))
     with open(seg, "rb") as f:
-        newer = damage.segment_with_version(f.read(), 3)
+        newer = damage.segment_with_version(f.read(), 4)
     with open(seg, "wb") as f:
         f.write(newer)
     with pytest.raises(UnsupportedVersion) as info:

@@ -24,6 +24,7 @@ import shutil
 import struct
 import zlib
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -305,15 +306,54 @@ class DocReader:
             self.diag("snapshot_ahead", self.path, None)
         self.next_seq, self.trusting = self.after_seq + 1, True
         self.rescan = False
+        self.ended, self.unsettled, self.all = False, None, all_segs
         for i, (number, file) in enumerate(segs):
             self.read_segment(number, file, i == len(segs) - 1,
                               first_offset if i == 0 else None)
             if self.rescan:
                 self.next_seq, self.trusting = self.after_seq + 1, True
+                self.ended, self.unsettled = False, None
                 for j, (n2, f2) in enumerate(all_segs):
                     self.read_segment(n2, f2, j == len(all_segs) - 1, None)
+                    if self.ended:
+                        break
+                break
+            if self.ended:
                 break
         return self
+
+    def unsynced_tear(self, k, file, o):
+        self.unsettled = None
+        for n, later in self.all:
+            if n > k and self.vouching(later, k)[0]:
+                return False
+        self.diag("unsynced_tail", file, o, "warning")
+        self.ended = True
+        return True
+
+    def vouching(self, last, k):
+        with open(last, "rb") as f:
+            data = f.read()
+        size, count, vouched, o = len(data), 0, False, 32
+        while o + HSIZE <= size:
+            crc, length, seq, rtype, flags, reserved = \
+                RECORD_HEADER.unpack_from(data, o)
+            if length > self.max_len or o + HSIZE + length > size:
+                break
+            if zlib.crc32(data[o + 4:o + HSIZE + length]) != crc \
+                    or flags or reserved:
+                break
+            count += 1
+            if rtype == 13:
+                try:
+                    value = msgpack.unpackb(data[o + HSIZE:o + HSIZE + length])
+                except Exception:  # noqa: BLE001
+                    value = None
+                if isinstance(value, list) and value and \
+                        type(value[0]) is int and value[0] == k:
+                    vouched = True
+            o += HSIZE + length
+        return vouched, count
 
     def position_wrong(self, data, size, o):
         if o < 32 or o > size:
@@ -336,13 +376,14 @@ class DocReader:
         if magic != b"ARTIQWAL" or zlib.crc32(head[:24]) != crc \
                 or head[28:32] != bytes(4):
             return "bad"
-        if version not in (1, 2):
+        if version not in (1, 2, 3):
             return "version"
-        if flags:
+        if flags & ~(1 if version == 3 else 0):
             return "bad"
-        return (number, first_seq)
+        return (number, first_seq, flags)
 
     def read_segment(self, number, file, is_last, start_offset):
+        prev, self.unsettled = self.unsettled, None
         with open(file, "rb") as f:
             self.data = data = f.read()
         size = len(data)
@@ -361,12 +402,20 @@ class DocReader:
             if is_last and not any(data):
                 self.diag("torn_tail", file, 0, "info")
                 return
+            if header != "version" and prev is not None \
+                    and self.unsynced_tear(prev[0], file, 0):
+                return
             if header == "version":
                 self.diag("unsupported_version", file, 0)
                 self.trusting = False
                 return
             self.diag("bad_segment_header", file, 0)
             header = None
+        if header and prev is not None and header[1] > self.next_seq \
+                and self.unsynced_tear(*prev):
+            return
+        if header and not is_last and header[2] & 1:
+            self.unsettled = (number, file, size)
         if header and header[0] != number:
             self.diag("bad_segment_header", file, 0)
         if header and header[1] > self.next_seq:
@@ -375,7 +424,7 @@ class DocReader:
         o = 32 if start_offset is None else start_offset
         self.budget0 = self.factor * max(size - o, 0) + self.extra
         self.budget = self.budget0
-        self.scan(file, size, o, is_last)
+        self.scan(number, file, size, o, is_last)
 
     def problem(self, o, size):
         data = self.data
@@ -393,10 +442,14 @@ class DocReader:
             return "flags", length
         return None, length
 
-    def scan(self, file, size, o, is_last):
+    def scan(self, number, file, size, o, is_last):
         while o < size:
             problem, length = self.problem(o, size)
             if problem:
+                if self.unsettled is not None and \
+                        self.unsettled[0] == number and \
+                        self.unsynced_tear(number, file, o):
+                    return
                 if problem in ("crc", "flags") and self.damage_charge:
                     self.budget -= self.damage_cost + length
                 r = self.resync(size, o + 1)
@@ -792,3 +845,140 @@ def test_first_segment_after_seq_one_without_snapshot_is_a_gap(pristine,
     diags, records = code_view(work)
     assert diags[0][0] == "gap" and diags[0][2] == 16
     assert doc_view(work) == (diags, records)
+
+
+# -- 8.6: a segment synced in the background (format 3) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def pristine_bg(tmp_path_factory):
+    """The same journal, written with background rotation (forced on for
+    these tiny segments): every rotated segment but the last has the flag,
+    and a segment_synced record for it opens the next."""
+    from artiq_journal.journal import writer as writer_mod
+    path = str(tmp_path_factory.mktemp("docbg") / "000000005-Scan.journal")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(writer_mod, "BACKGROUND_ROTATION_MIN_BYTES", 0)
+    try:
+        writer = JournalWriter(path, fsync="group", segment_bytes=160,
+                               heartbeat_interval=None)
+        for rtype, payload in PAYLOADS:
+            writer.append(rtype, payload)
+        writer.close("results_written")
+    finally:
+        mp.undo()
+    segs = _segments(path)
+    assert len(segs) >= 3
+    for _n, seg in segs:
+        with open(seg, "rb") as f:
+            assert struct.unpack_from("<H", f.read(12), 10)[0] == 1
+    return path
+
+
+def test_background_journal_reads_clean(pristine_bg):
+    diags, records = code_view(pristine_bg)
+    assert diags == [] and doc_view(pristine_bg) == (diags, records)
+    types = [r[1] for r in records]
+    assert types.count(13) == len(_segments(pristine_bg)) - 1
+    assert types[-1] == REC_CLOSE
+
+
+def _bg_case(pristine_bg, work, k_cut, last_cut):
+    """Segments up to the second-to-last kept; that one cut at ``k_cut``,
+    the next (now last) cut at ``last_cut``: what power loss can leave
+    while the second-to-last was syncing in the background."""
+    if os.path.exists(work):
+        shutil.rmtree(work)
+    _copy(pristine_bg, work)
+    segs = _segments(work)
+    index = 1  # segment 2 of >= 3: every segment after 3 removed
+    for _n, later in segs[index + 2:]:
+        os.unlink(later)
+    os.truncate(segs[index][1], k_cut)
+    os.truncate(segs[index + 1][1], last_cut)
+    return work, segs[index], segs[index + 1]
+
+
+def test_unsynced_tear_with_and_without_the_marker(pristine_bg, tmp_path):
+    """Every cut of the flagged segment k, with the last segment holding
+    its records up to each record boundary: without the segment_synced
+    record for k the tear is an unsynced tail (warning; reading stops, the
+    records of the last segment are counted, none delivered); with it the
+    same bytes are damage as before (errors).  Code and document agree."""
+    work = str(tmp_path / "j.journal")
+    segs = _segments(pristine_bg)
+    k_size = os.path.getsize(segs[1][1])
+    last_offsets = _record_offsets(segs[2][1])
+    last_size = os.path.getsize(segs[2][1])
+    with open(segs[2][1], "rb") as f:
+        data = f.read()
+    # The segment_synced record for k: wherever the writer put it (the
+    # group-commit thread writes it when k's sync returns).
+    marker_end = next(
+        o + HSIZE + RECORD_HEADER.unpack_from(data, o)[1]
+        for o in last_offsets if RECORD_HEADER.unpack_from(data, o)[3] == 13
+        and msgpack.unpackb(data[o + HSIZE:o + HSIZE + RECORD_HEADER.unpack_from(data, o)[1]])[0] == segs[1][0])
+    seen = set()
+    for k_cut in range(SHSIZE, k_size):
+        for last_cut in [SHSIZE] + last_offsets[1:] + [last_size]:
+            work, (kn, kseg), (ln, lseg) = _bg_case(pristine_bg, work,
+                                                    k_cut, last_cut)
+            code = code_view(work)
+            assert doc_view(work) == code, (k_cut, last_cut)
+            diags, records = code
+            kinds = [d[0] for d in diags]
+            if last_cut >= marker_end:
+                # Vouched: k was synced; a tear in it is damage.
+                assert "unsynced_tail" not in kinds
+                assert any(d[3] == "error" for d in diags), (k_cut, last_cut)
+                seen.add("vouched")
+            else:
+                assert kinds == ["unsynced_tail"], (k_cut, last_cut, diags)
+                d = diags[0]
+                assert d[1] == os.path.basename(kseg) and d[3] == "warning"
+                assert all(r[4] for r in records)
+                assert all(r[2] != os.path.basename(lseg) for r in records)
+                seen.add("unsynced")
+    assert seen == {"vouched", "unsynced"}
+
+
+def test_unsynced_tear_needs_the_flag(pristine, tmp_path):
+    """Without the flag (format 2 writers, fsync=always) the same cut is
+    the error it always was."""
+    work = str(tmp_path / "j.journal")
+    _copy(pristine, work)
+    segs = _segments(work)
+    for _n, later in segs[3:]:
+        os.unlink(later)
+    os.truncate(segs[1][1], os.path.getsize(segs[1][1]) - 1)
+    os.truncate(segs[2][1], SHSIZE)
+    diags, records = code_view(work)
+    assert [d[0] for d in diags] == ["trailing_garbage", "gap"]
+    assert doc_view(work) == (diags, records)
+
+
+def test_byte_flip_of_background_journal_agrees(pristine_bg, tmp_path):
+    work = str(tmp_path / "j.journal")
+    for index, (_n, seg) in enumerate(_segments(pristine_bg)):
+        for at in range(os.path.getsize(seg)):
+            if os.path.exists(work):
+                shutil.rmtree(work)
+            _copy(pristine_bg, work)
+            target = _segments(work)[index][1]
+            with open(target, "r+b") as f:
+                f.seek(at)
+                byte = f.read(1)[0]
+                f.seek(at)
+                f.write(bytes([byte ^ 0xFF]))
+            code = code_view(work)
+            assert doc_view(work) == code, (index, at)
+            assert code[0], (index, at)
+
+
+def test_truncation_of_background_journal_agrees(pristine_bg, tmp_path):
+    work = str(tmp_path / "j.journal")
+    for index, cut in _cuts(pristine_bg):
+        _truncated(pristine_bg, work, index, cut)
+        code = code_view(work)
+        assert doc_view(work) == code, (index, cut)
+        assert [d[0] for d in code[0]] in ([], ["torn_tail"]), (index, cut)

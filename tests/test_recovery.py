@@ -234,7 +234,7 @@ def test_orphaned_journal_becomes_artiq_results_file(tmp_path):
         assert f["artiq_version"][()].decode() == "9.0+test"
         assert pyon.decode(f["expid"][()].decode()) == EXPID
         meta = f["artiq_journal"].attrs
-        assert meta["recovered"] and meta["format_version"] == 2
+        assert meta["recovered"] and meta["format_version"] == 3
         assert meta["stage"] == "run" and meta["last_seq"] == j.writer.last_seq
         assert meta["records_applied"] == run.records_applied
         assert meta["journal"] == j.path and not meta["data_lost"]

@@ -21,7 +21,8 @@ from .journal.constants import (DEFAULT_MAX_RECORD_BYTES, REC_APPEND,
                                 REC_ARCHIVE, REC_CHECKPOINT, REC_CLOSE,
                                 REC_HEARTBEAT, REC_MUTATE, REC_POINT_BEGIN,
                                 REC_POINT_END, REC_RESUMED_FROM,
-                                REC_RUN_INFO, REC_SET, REC_STAGE)
+                                REC_RUN_INFO, REC_SEGMENT_SYNCED, REC_SET,
+                                REC_STAGE)
 from .journal.framing import type_name
 from .journal.reader import Diagnostic, JournalReader, Position
 from .journal.snapshot import Snapshot, load_snapshot
@@ -250,7 +251,7 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
                     continue
                 # Fast appends note their shape below, where the key's
                 # entry holds it.
-                if shape_of is not None and rtype != REC_HEARTBEAT and \
+                if shape_of is not None and rtype not in _UNSHAPED and \
                         (rtype != REC_APPEND or pending is not None):
                     shape_of(rtype, payload)
                 if pending is not None:
@@ -366,12 +367,16 @@ def replay(path: str | os.PathLike, *, upto_seq: int | None = None,
     return result
 
 
+#: Records the writer adds on its own timing (not the experiment's): a
+#: scan's pattern of records is looked for without them.
+_UNSHAPED = frozenset((REC_HEARTBEAT, REC_SEGMENT_SYNCED))
 #: Record types whose only dataset effect is on the key in payload[0].
 _KEYED = frozenset((REC_SET, REC_MUTATE, REC_APPEND))
 #: Record types that change no dataset of ``local``/``broadcast``.
 _NO_DATASETS = frozenset((REC_RUN_INFO, REC_STAGE, REC_ARCHIVE,
                           REC_CHECKPOINT, REC_RESUMED_FROM, REC_CLOSE,
-                          REC_HEARTBEAT, REC_POINT_BEGIN, REC_POINT_END))
+                          REC_HEARTBEAT, REC_POINT_BEGIN, REC_POINT_END,
+                          REC_SEGMENT_SYNCED))
 
 
 def _columns_to_arrays(state: RunState, targets: dict) -> None:

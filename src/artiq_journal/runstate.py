@@ -14,8 +14,8 @@ from typing import Any
 from .journal.constants import (REC_APPEND, REC_ARCHIVE, REC_CHECKPOINT,
                                 REC_CLOSE, REC_HEARTBEAT, REC_MUTATE,
                                 REC_POINT_BEGIN, REC_POINT_END,
-                                REC_RESUMED_FROM, REC_RUN_INFO, REC_SET,
-                                REC_STAGE)
+                                REC_RESUMED_FROM, REC_RUN_INFO,
+                                REC_SEGMENT_SYNCED, REC_SET, REC_STAGE)
 from .state import DatasetState
 
 #: Stage names in the order a run goes through them.
@@ -229,4 +229,7 @@ _HANDLERS = {
     REC_HEARTBEAT: _heartbeat,
     REC_POINT_BEGIN: _point_marker,
     REC_POINT_END: _point_marker,
+    # format 3: [number, last_seq] vouches that a segment was synced (the
+    # reader's business, FORMAT.md 8.6); for the run state a no-op.
+    REC_SEGMENT_SYNCED: _point_marker,
 }

@@ -21,7 +21,7 @@ import numpy as np
 
 # ---------------------------------------------------------------- 2. constants
 FORMAT_VERSION = 1           # snapshots (7.1)
-SEGMENT_VERSIONS = (1, 2)    # 2. constants: segments of format 2, and 1
+SEGMENT_VERSIONS = (1, 2, 3)  # 2. constants: segments of format 3, and 1, 2
 SEG_MAGIC = b"ARTIQWAL"
 SEG_HEADER = 32
 REC_HEADER = 20
@@ -40,6 +40,7 @@ DATASET_STATE_FORMAT = 1
 
 RUN_INFO, STAGE, SET, MUTATE, APPEND_TO, ARCHIVE, CHECKPOINT, RESUMED_FROM, CLOSE = range(1, 10)
 HEARTBEAT = 10
+SEGMENT_SYNCED = 13          # 6.1, format 3
 
 SEGMENT_RE = re.compile(r"segment-(0|[1-9][0-9]*)\.log")
 DTYPE_RE = re.compile(r"[<>|=][biufcSUmM][0-9]+(\[[A-Za-z0-9]+\])?")
@@ -59,6 +60,7 @@ SEVERITY = {
     "bad_segment_header": "error", "unsupported_version": "error",
     "unreadable": "error", "no_segments": "info", "not_regular": "error",
     "snapshot_ahead": "error", "snapshot": "info", "bad_record": "error",
+    "unsynced_tail": "warning",   # 8.6
 }
 
 
@@ -322,6 +324,38 @@ def list_segments(d: str):
     return segs
 
 
+# ------------------------------------------------------- 8.6 vouching
+def vouching(last: str, k: int):
+    """(an intact segment_synced record for k is among the intact records of
+    segment file `last` read in order from offset 32, how many of those)."""
+    fd, err = open_regular(last)
+    if fd is None:
+        return False, 0
+    try:
+        data = read_all(fd)
+    except OSError:
+        return False, 0
+    finally:
+        os.close(fd)
+    size, o, count, vouched = len(data), SEG_HEADER, 0, False
+    while o + REC_HEADER <= size:
+        crc, length, seq, rtype, flags, reserved = struct.unpack_from("<IIQBBH", data, o)
+        if length > MAX_RECORD or o + REC_HEADER + length > size:
+            break
+        if crc32(data[o + 4:o + REC_HEADER + length]) != crc or flags or reserved:
+            break
+        count += 1
+        if rtype == SEGMENT_SYNCED:
+            try:
+                v = decode(data[o + REC_HEADER:o + REC_HEADER + length])
+            except Exception:  # noqa: BLE001
+                v = None
+            if isinstance(v, list) and v and type(v[0]) is int and v[0] == k:
+                vouched = True
+        o += REC_HEADER + length
+    return vouched, count
+
+
 # ------------------------------------------------------- 4.1 segment header
 def check_segment_header(head: bytes):
     """Returns (header dict, None) or (None, (check number, reason))."""
@@ -336,9 +370,10 @@ def check_segment_header(head: bytes):
         return None, (4, "nonzero reserved bytes in segment header")
     if version not in SEGMENT_VERSIONS:
         return None, (5, f"unsupported version {version}")
-    if flags != 0:
+    # 6: only bit 0 (background sync) is known, and only in version 3.
+    if flags & ~(1 if version == 3 else 0):
         return None, (6, "unknown segment flags")
-    return {"number": number, "first_seq": first_seq}, None
+    return {"number": number, "first_seq": first_seq, "flags": flags}, None
 
 
 # --------------------------------------------------------------- 4.2 record
@@ -395,16 +430,37 @@ class Reader:
         if not segs:
             self.diag("no_segments", self.dir, None, "no segment files")
             return self
+        self.all = segs          # 8.6 looks at the last two of all segments
         first_offset = None
         if self.start is not None and any(n == self.start[0] for n, _ in segs):
             segs = [(n, f) for n, f in segs if n >= self.start[0]]
             first_offset = self.start[1]
+        self.ended = False
+        self.unsettled = None
         for i, (number, path) in enumerate(segs):
             self.read_segment(number, path, i == len(segs) - 1,
                               first_offset if i == 0 else None)
+            if self.ended:
+                break
         return self
 
+    # 8.6: a segment synced in the background
+    def unsynced_tear(self, k, path, o):
+        self.unsettled = None
+        count = 0
+        for n, later in self.all:
+            if n > k:
+                vouched, c = vouching(later, k)
+                if vouched:
+                    return False
+                count += c
+        self.diag("unsynced_tail", path, o,
+                  f"unsynced tear; {count} intact records of later segments not applied")
+        self.ended = True
+        return True
+
     def read_segment(self, number, path, is_last, start_offset):
+        prev, self.unsettled = self.unsettled, None   # 8.6
         fd, err = open_regular(path)
         if fd is None:
             if err == "not_regular":
@@ -431,11 +487,19 @@ class Reader:
             if is_last and not any(data):
                 self.diag("torn_tail", path, 0, "zero-filled segment")
                 return
+            if problem[0] != 5 and prev is not None and self.unsynced_tear(prev[0], path, 0):
+                return
             if problem[0] == 5:
                 self.diag("unsupported_version", path, 0, problem[1])
                 self.trusting = False
                 return
             self.diag("bad_segment_header", path, 0, problem[1])
+        if header is not None and prev is not None \
+                and header["first_seq"] > self.next_seq \
+                and self.unsynced_tear(*prev):
+            return
+        if header is not None and not is_last and header["flags"] & 1:
+            self.unsettled = (number, path, size)
         if header is not None and header["number"] != number:
             self.diag("bad_segment_header", path, 0, "segment number mismatch")
         if header is not None and header["first_seq"] > self.next_seq:
@@ -446,12 +510,15 @@ class Reader:
         if start_offset is not None and start_offset >= SEG_HEADER:
             o = min(start_offset, max(size, SEG_HEADER))
         self.budget = RESYNC_FACTOR * max(size - o, 0) + RESYNC_EXTRA
-        self.scan(path, data, size, o, is_last)
+        self.scan(number, path, data, size, o, is_last)
 
-    def scan(self, path, data, size, o, is_last):
+    def scan(self, number, path, data, size, o, is_last):
         while o < size:
             problem, crc_done, info = record_problem(data, size, o)
             if problem:
+                if self.unsettled is not None and self.unsettled[0] == number \
+                        and self.unsynced_tear(number, path, o):
+                    return
                 if crc_done:
                     self.budget -= REC_HEADER + info
                 r = self.resync(data, size, o + 1)
@@ -777,6 +844,10 @@ def apply(st: State, rec: Record):
             if not isinstance(p, list) or not p or isinstance(p[0], bool) \
                     or not isinstance(p[0], (int, float)):
                 raise BadRecord("heartbeat is not [unix_time, ...]")
+        elif t == SEGMENT_SYNCED:
+            # 6.3: an array; nothing changes (it matters to the reader only).
+            if not isinstance(p, list):
+                raise BadRecord("segment_synced is not an array")
         else:
             raise BadRecord(f"unknown record type {t}")
     except BadRecord:

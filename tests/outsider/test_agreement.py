@@ -483,6 +483,44 @@ def corpus(root):
             shutil.copytree(base, d)
             fn(d)
             yield f"base{seed}(seg={sb},snaps={snaps},close={close},bad={bad})/{label}", d
+    # format 3: segments rotated with a background sync (forced on for these
+    # small segments), every damage above, and the power-loss tears of 8.6
+    import artiq_journal.journal.writer as writer_module
+    for seed, sb, close in ((21, 300, "results_written"), (22, 500, "abandon")):
+        rng = random.Random(seed)
+        base = os.path.join(root, f"{seed:09d}-Background.journal")
+        saved = writer_module.BACKGROUND_ROTATION_MIN_BYTES
+        writer_module.BACKGROUND_ROTATION_MIN_BYTES = 0
+        try:
+            Gen(base, rng, sb, 30, 1, close, False)
+        finally:
+            writer_module.BACKGROUND_ROTATION_MIN_BYTES = saved
+        cases = list(damages(base, rng))
+        seg_list = segs(base)
+        k_size = os.path.getsize(seg_list[-2][1])
+        last_size = os.path.getsize(seg_list[-1][1])
+        for k_cut in sorted({33, k_size // 2, k_size - 7, k_size - 1}):
+            for last_cut in sorted({32, last_size // 3, last_size}):
+                def tear(d, k_cut=k_cut, last_cut=last_cut):
+                    ss = segs(d)
+                    os.truncate(ss[-2][1], k_cut)
+                    os.truncate(ss[-1][1], last_cut)
+                cases.append((f"unsynced-tear@{k_cut}/{last_cut}", tear))
+
+        def header_lost(d, which):
+            # The header of a segment created by a background rotation
+            # never reached the disk (it is synced with the segment before).
+            ss = segs(d)
+            with open(ss[which][1], "r+b") as f:
+                f.write(bytes(32))
+        for which in (-1, -2):
+            cases.append((f"header-lost@{which}",
+                          lambda d, which=which: header_lost(d, which)))
+        for label, fn in cases:
+            d = os.path.join(root, "cases", f"{seed}-{label}".replace("/", "_"), "1-Exp.journal")
+            shutil.copytree(base, d)
+            fn(d)
+            yield f"background{seed}(seg={sb},close={close})/{label}", d
     # journals with heartbeat records (the writer's default is to write them)
     rng = random.Random(99)
     d = os.path.join(root, "000000099-Heartbeat.journal")

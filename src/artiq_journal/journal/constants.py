@@ -9,11 +9,18 @@ from __future__ import annotations
 import struct
 
 #: Version of the journal format the writer writes in segment headers.
-#: Version 2 added the point records (REC_POINT_BEGIN/REC_POINT_END).
-FORMAT_VERSION = 2
+#: Version 2 added the point records (REC_POINT_BEGIN/REC_POINT_END);
+#: version 3 the segment flag SEGMENT_FLAG_BACKGROUND_SYNC and the record
+#: REC_SEGMENT_SYNCED (segments rotated without waiting for their sync).
+FORMAT_VERSION = 3
 #: Segment header versions a reader accepts: version 1 is version 2
-#: without point records.
-SEGMENT_VERSIONS = (1, 2)
+#: without point records, version 2 is version 3 without the flag and the
+#: segment_synced record.
+SEGMENT_VERSIONS = (1, 2, 3)
+#: Segment header flag (version 3): the writer may create the next segment
+#: before this one is synced (it syncs this one in the background and then
+#: writes a REC_SEGMENT_SYNCED record vouching for it).
+SEGMENT_FLAG_BACKGROUND_SYNC = 1
 #: Version of checkpoint (snapshot) files: unchanged by format version 2.
 SNAPSHOT_VERSION = 1
 
@@ -57,6 +64,9 @@ REC_CLOSE = 9         # [reason]       (writer closed: nothing follows)
 REC_HEARTBEAT = 10    # [unix_time]    (the writer's process is alive; no-op)
 REC_POINT_BEGIN = 11  # []             (format 2: the records up to the
 REC_POINT_END = 12    # []              matching point_end are one unit)
+REC_SEGMENT_SYNCED = 13  # [number, last_seq]  (format 3: segment `number`,
+#                          rotated with SEGMENT_FLAG_BACKGROUND_SYNC, is
+#                          synced; no-op for replay)
 
 #: The one close reason that says the data is elsewhere: ARTIQ's results
 #: file was written, read back (same rid) and fsynced before the close.
@@ -84,6 +94,7 @@ RECORD_TYPE_NAMES = {
     REC_HEARTBEAT: "heartbeat",
     REC_POINT_BEGIN: "point_begin",
     REC_POINT_END: "point_end",
+    REC_SEGMENT_SYNCED: "segment_synced",
 }
 
 # --- checkpoint (snapshot) files -------------------------------------------------

@@ -6,6 +6,8 @@ fuzz harnesses and the tests, so there is one definition of the layout.
 
 from __future__ import annotations
 
+import os
+import threading
 import zlib
 from typing import NamedTuple
 
@@ -13,6 +15,7 @@ from .constants import (CRC_FIELD, FORMAT_VERSION, RECORD_HEADER,
                         SEGMENT_VERSIONS,
                         RECORD_HEADER_SIZE, RECORD_HEADER_TAIL,
                         RECORD_TYPE_NAMES, SEGMENT_HEADER,
+                        SEGMENT_FLAG_BACKGROUND_SYNC,
                         SEGMENT_HEADER_SIZE, SEGMENT_MAGIC, SEGMENT_PREFIX,
                         SEGMENT_SUFFIX)
 
@@ -32,6 +35,7 @@ class SegmentHeader(NamedTuple):
     version: int
     number: int
     first_seq: int
+    flags: int = 0
 
 
 def segment_name(number: int) -> str:
@@ -50,11 +54,12 @@ def parse_segment_name(name: str) -> int | None:
     return int(digits)
 
 
-def encode_segment_header(number: int, first_seq: int) -> bytes:
-    body = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, number,
+def encode_segment_header(number: int, first_seq: int,
+                          flags: int = 0) -> bytes:
+    body = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, flags, number,
                                first_seq, 0)
     crc = crc32(body[:24])
-    return SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, number,
+    return SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, flags, number,
                                first_seq, crc)
 
 
@@ -79,9 +84,10 @@ def decode_segment_header(data: bytes) -> SegmentHeader:
         raise ValueError(f"unsupported format version {version} "
                          f"(this reader knows "
                          f"{', '.join(map(str, SEGMENT_VERSIONS))})")
-    if flags != 0:
+    known = SEGMENT_FLAG_BACKGROUND_SYNC if version >= 3 else 0
+    if flags & ~known:
         raise ValueError(f"unknown segment flags {flags:#x}")
-    return SegmentHeader(version, number, first_seq)
+    return SegmentHeader(version, number, first_seq, flags)
 
 
 def encode_record(seq: int, rtype: int, payload: bytes) -> bytes:
@@ -142,3 +148,121 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
         if not len2:
             break
     return crc1 ^ crc2
+
+
+# --- CRC of large payloads ------------------------------------------------------
+#
+# zlib.crc32 runs at ~2-3 GB/s on one core and releases the GIL on large
+# buffers, so the CRC of a record holding a 64 MiB array is split across
+# threads: each computes the CRC of its own slice, and the CRCs are joined
+# with crc32_combine (zlib's GF(2) matrix method, here in Python: zlib's is
+# not exposed by the zlib module).  The result is bit for bit zlib.crc32 of
+# the concatenation.
+
+def _gf2_times(mat: list, vec: int) -> int:
+    out = 0
+    i = 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def _gf2_square(mat: list) -> list:
+    return [_gf2_times(mat, mat[n]) for n in range(32)]
+
+
+#: Operator "append len2 zero bytes" per len2, for crc32_combine: a record's
+#: slices come in a few lengths only.
+_COMBINE_OPS: dict = {}
+
+
+def _zeros_operator(len2: int) -> list:
+    op = _COMBINE_OPS.get(len2)
+    if op is not None:
+        return op
+    # odd: the operator for one zero bit; then squared to 2, 4 bits...
+    odd = [0xEDB88320] + [1 << n for n in range(31)]
+    even = _gf2_square(odd)   # 2 zero bits
+    odd = _gf2_square(even)   # 4 zero bits
+    result = None
+    n = len2
+    while True:
+        even = _gf2_square(odd)  # 8, 32, ... zero bits: one byte, 4, ...
+        if n & 1:
+            result = even if result is None else \
+                [_gf2_times(even, result[k]) for k in range(32)]
+        n >>= 1
+        if not n:
+            break
+        odd = _gf2_square(even)
+        if n & 1:
+            result = odd if result is None else \
+                [_gf2_times(odd, result[k]) for k in range(32)]
+        n >>= 1
+        if not n:
+            break
+    if len(_COMBINE_OPS) > 64:
+        _COMBINE_OPS.clear()
+    _COMBINE_OPS[len2] = result
+    return result
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """zlib.crc32(A + B) from crc1 = zlib.crc32(A), crc2 = zlib.crc32(B)
+    and len2 = len(B)."""
+    if len2 <= 0:
+        return crc1
+    return _gf2_times(_zeros_operator(len2), crc1) ^ crc2
+
+
+#: Payload pieces at least this large are split across threads.
+PARALLEL_CRC_MIN = 8 * 1024 * 1024
+_CRC_THREADS = max(1, min(4, os.cpu_count() or 1))
+_crc_pool = None
+_crc_pool_lock = threading.Lock()
+
+
+def _pool():
+    global _crc_pool
+    if _crc_pool is None:
+        with _crc_pool_lock:
+            if _crc_pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+                _crc_pool = ThreadPoolExecutor(
+                    max_workers=_CRC_THREADS - 1,
+                    thread_name_prefix="artiq-journal crc")
+    return _crc_pool
+
+
+def _reset_pool_in_child() -> None:
+    # A forked child has no threads: the parent's pool is unusable there.
+    global _crc_pool
+    _crc_pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool_in_child)
+
+
+def crc32_parts(parts, crc: int = 0) -> int:
+    """zlib.crc32 over the concatenation of the buffers ``parts``, starting
+    from ``crc``; pieces of at least :data:`PARALLEL_CRC_MIN` bytes are
+    split across up to ``os.cpu_count()`` threads (the calling one
+    included)."""
+    for part in parts:
+        n = len(part) if not isinstance(part, memoryview) else part.nbytes
+        if n < PARALLEL_CRC_MIN or _CRC_THREADS < 2:
+            crc = crc32(part, crc)
+            continue
+        view = memoryview(part).cast("B") if isinstance(part, memoryview) \
+            else memoryview(part)
+        step = -(-n // _CRC_THREADS)
+        slices = [view[i:i + step] for i in range(0, n, step)]
+        futures = [_pool().submit(crc32, s) for s in slices[1:]]
+        crc = crc32(slices[0], crc)
+        for s, fut in zip(slices[1:], futures):
+            crc = crc32_combine(crc, fut.result(), len(s))
+    return crc

@@ -33,6 +33,7 @@ import msgpack
 from . import codec
 from .constants import (DEFAULT_MAX_RECORD_BYTES, RECORD_HEADER,
                         RECORD_HEADER_SIZE, RECORD_TYPE_NAMES, REC_CLOSE,
+                        REC_SEGMENT_SYNCED, SEGMENT_FLAG_BACKGROUND_SYNC,
                         SEGMENT_HEADER_SIZE)
 from ..errors import NotRegularFile
 from .framing import (crc32, decode_segment_header, parse_segment_name,
@@ -189,20 +190,26 @@ class JournalReader:
         self._trusting = True
         self._next_seq = self.after_seq + 1
         self._rescan = False
+        self._ended = False
+        self._unsettled = None
         last_index = len(segments) - 1
         for i, (number, seg_path) in enumerate(segments):
             yield from self._read_segment(
                 number, seg_path, i == last_index,
                 first_offset if i == 0 else None)
-            if self._rescan:
+            if self._rescan or self._ended:
                 break
         if self._rescan:
             self._trusting = True
             self._next_seq = self.after_seq + 1
+            self._ended = False
+            self._unsettled = None
             last_index = len(self.segments) - 1
             for i, (number, seg_path) in enumerate(self.segments):
                 yield from self._read_segment(number, seg_path,
                                               i == last_index, None)
+                if self._ended:
+                    break
 
     # -- helpers -------------------------------------------------------------
 
@@ -214,6 +221,9 @@ class JournalReader:
 
     def _read_segment(self, number, seg_path, is_last, start_offset):
         name = os.path.basename(seg_path)
+        # 8.6: the segment just before, if it had the background sync flag
+        # (applies to this segment only).
+        unsettled, self._unsettled = self._unsettled, None
         try:
             f = open_regular_file(seg_path, buffering=_READ_BUFFER)
         except NotRegularFile as exc:
@@ -261,6 +271,12 @@ class JournalReader:
                                    "before its header reached the disk)",
                                    severity="info")
                         return
+                    if kind != "unsupported_version" and \
+                            unsettled is not None and \
+                            self._unsynced_tear(unsettled[0], seg_path, 0):
+                        # Its header never reached the disk: the segment
+                        # before was still syncing in the background (8.6).
+                        return
                     self._diag(kind, seg_path, 0, str(exc))
                     if kind == "unsupported_version":
                         # Records of a newer format may mean something else:
@@ -270,6 +286,16 @@ class JournalReader:
                     # A damaged segment header loses no record by itself;
                     # sequence continuity decides what is trusted.
                     header = None
+                if header is not None and unsettled is not None \
+                        and header.first_seq > self._next_seq \
+                        and self._unsynced_tear(*unsettled):
+                    # The segment before ended early: its last records never
+                    # reached the disk (8.6).
+                    return
+                if header is not None and not is_last \
+                        and header.flags & SEGMENT_FLAG_BACKGROUND_SYNC:
+                    # May have been left unsynced behind the next segment.
+                    self._unsettled = (number, seg_path, size)
                 if header is not None and header.number != number:
                     self._diag("bad_segment_header", seg_path, 0,
                                f"segment header says number {header.number}, "
@@ -415,6 +441,10 @@ class JournalReader:
                 if n_fast:
                     self._commit(next_seq, n_fast, last_rtype, number, end_off)
                     n_fast = 0
+                if self._unsettled is not None and \
+                        self._unsettled[0] == number and \
+                        self._unsynced_tear(number, seg_path, offset):
+                    break
                 if problem.startswith(("record CRC", "unknown record flags")):
                     # That CRC ran over damaged bytes: it counts against
                     # the budget, or one bogus header per few bytes would
@@ -491,6 +521,29 @@ class JournalReader:
             self._commit(next_seq, n_fast, last_rtype, number, end_off)
         if out:
             yield out
+
+    def _unsynced_tear(self, number, seg_path, offset):
+        """Damage at ``offset`` of segment ``number`` (flagged, just before
+        the last segment), or its early end: a power-loss tear unless the
+        last segment vouches for it (FORMAT.md 8.6).  If it is one, report
+        it, end the journal here and return True."""
+        self._unsettled = None
+        count = 0
+        for later_number, later_path in self.segments:
+            if later_number <= number:
+                continue
+            vouched, n = _vouching(later_path, number, self.max_record_bytes)
+            if vouched:
+                return False
+            count += n
+        self._diag("unsynced_tail", seg_path, offset,
+                   f"segment {number} was never reported synced (power loss "
+                   "while it was syncing in the background) and the journal "
+                   f"is torn here: nothing after this was acknowledged; "
+                   f"{count} intact records of later segments are not "
+                   "applied", severity="warning")
+        self._ended = True
+        return True
 
     def _commit(self, next_seq, n_fast, last_rtype, number, end_off):
         self._next_seq = next_seq
@@ -638,6 +691,49 @@ def check_position(journal_dir: str, position: Position, after_seq: int
     if problem is None:
         return None
     return Diagnostic("snapshot_ahead", seg_path, position.offset, problem)
+
+
+def _vouching(path: str, number: int, max_record_bytes: int
+              ) -> tuple[bool, int]:
+    """(whether segment file ``path`` holds an intact segment_synced
+    record for segment ``number``, how many intact records it holds): its
+    records read from offset 32 up to the first that is not intact (its
+    header not checked: a torn header holds no record)."""
+    count = 0
+    vouched = False
+    try:
+        f = open_regular_file(path)
+    except (OSError, NotRegularFile):
+        return False, 0
+    with f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            offset = SEGMENT_HEADER_SIZE
+            f.seek(offset)
+            while offset + RECORD_HEADER_SIZE <= size:
+                head = f.read(RECORD_HEADER_SIZE)
+                crc, length, seq, rtype, flags, reserved = \
+                    RECORD_HEADER.unpack(head)
+                if length > max_record_bytes or \
+                        offset + RECORD_HEADER_SIZE + length > size:
+                    break
+                payload = f.read(length)
+                if len(payload) != length or flags or reserved or \
+                        crc32(payload, crc32(head[4:])) != crc:
+                    break
+                count += 1
+                if rtype == REC_SEGMENT_SYNCED and not vouched:
+                    try:
+                        value = msgpack.unpackb(payload, raw=False)
+                    except Exception:  # noqa: BLE001 -- any bad payload
+                        value = None
+                    vouched = (type(value) is list and len(value) >= 1
+                               and type(value[0]) is int
+                               and value[0] == number)
+                offset += RECORD_HEADER_SIZE + length
+        except OSError:
+            pass
+    return vouched, count
 
 
 def _zeros_to_end(f) -> bool:

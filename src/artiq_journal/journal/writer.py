@@ -10,9 +10,15 @@ Guarantees (docs/FORMAT.md, "Durability"):
   seconds after a record was written; ``durable_seq`` says how far.
   ``fsync="never"``: only ``sync``, close, snapshots and segment rotation
   sync.
-* Under every policy a segment is created durably (header synced, directory
-  fsynced) and is synced before the next one is created, so syncing the
-  current segment makes everything appended durable.
+* Segment rotation (FORMAT.md section 11): under ``always`` a segment is
+  synced before the next one is created (header synced, directory
+  fsynced).  Under ``never``/``group`` (format 3) the next segment is
+  created at once and the old one, with the new one's header and name,
+  is synced by a background thread; the segment is then *settled*: a
+  ``segment_synced`` record vouching for it is appended.  Nothing written
+  after a rotation is acknowledged (``durable_seq``, ``sync``, close,
+  snapshots) before every earlier segment is settled, so a reader can
+  tell a power-loss tear of an unsynced segment from damage (8.6).
 * Fail-stop: the first failed write or fsync raises :class:`JournalFailed`
   (naming the file) and every later append raises it again.  fsync is never
   retried on the same data: after a failed fsync Linux may already have
@@ -46,12 +52,13 @@ from . import codec, lock as journal_lock, snapshot as snapshots
 from .constants import (CRC_FIELD, DEFAULT_MAX_RECORD_BYTES, RECORD_HEADER_SIZE,
                         DEFAULT_SEGMENT_BYTES, RECORD_HEADER_TAIL, REC_CLOSE,
                         REC_HEARTBEAT, REC_POINT_BEGIN, REC_POINT_END,
+                        REC_SEGMENT_SYNCED, SEGMENT_FLAG_BACKGROUND_SYNC,
                         SEGMENT_HEADER_SIZE)
-from .framing import (crc32, decode_segment_header, encode_segment_header,
-                      segment_name)
+from .framing import (crc32, crc32_parts, decode_segment_header,
+                      encode_record, encode_segment_header, segment_name)
 from .fsio import OS_FILE_OPS, FileOps, missing_directories
 from .codec import MAX_NESTING
-from .reader import JournalReader, Position, list_segments
+from .reader import JournalReader, Position, _vouching, list_segments
 from .safefile import (CREATE_MODE, O_CLOEXEC, O_NOFOLLOW,
                        open_regular_file)
 
@@ -67,6 +74,16 @@ _HEARTBEAT_RETRY = 0.05
 #: JournalWriter._heartbeat); a free-threaded CPython has none.
 _GIL_ENABLED = getattr(sys, "_is_gil_enabled", lambda: True)()
 
+#: Segments rotate with a background sync (format 3) only from this size
+#: on: syncing a small segment inline costs less than the thread and the
+#: segment_synced record, and small segments are what tests use to get
+#: many of them (tests lower this to exercise the background path).
+BACKGROUND_ROTATION_MIN_BYTES = 1 << 20
+#: At most this many rotated segments sync in the background at once; a
+#: rotation beyond waits for the oldest (bounds threads and descriptors;
+#: the kernel's dirty-page limits bound the memory).
+MAX_BACKGROUND_SYNCS = 16
+
 _live_writers: "weakref.WeakSet[JournalWriter]" = weakref.WeakSet()
 
 
@@ -80,6 +97,12 @@ def _disable_in_child() -> None:
             path=writer.path)
         writer._fd = None
         writer._lock = None
+        # Background syncs are the parent's threads (absent here) on the
+        # parent's descriptors: nothing to wait for, nothing to close.
+        writer._pendings = []
+        writer._group_fd = None
+        writer._group_idle = threading.Event()
+        writer._group_idle.set()
         # A heartbeat thread of the parent may have held it at the fork:
         # the child's copy would stay locked forever.
         writer._beat_lock = threading.Lock()
@@ -110,9 +133,27 @@ def _intact_end(reader: JournalReader, number: int, seg_path: str,
     # No record was read here, so the segment holds none after the snapshot
     # (any covered ones come first).  Keep every byte up to a torn tail.
     torn = [d.offset for d in reader.diagnostics
-            if d.kind == "torn_tail" and d.path == seg_path
+            if d.kind in ("torn_tail", "unsynced_tail") and d.path == seg_path
             and d.offset is not None]
     return (max(torn[0], SEGMENT_HEADER_SIZE) if torn else size), False
+
+
+class _PendingSync:
+    """A segment handed to a background fdatasync at rotation (fsync
+    "never"/"group"): until it is *settled* (synced, closed, and vouched for
+    by a segment_synced record in the current segment) nothing appended
+    after it may be acknowledged as durable."""
+
+    def __init__(self, fd: int, number: int, last_seq: int,
+                 path: str) -> None:
+        self.fd, self.number, self.last_seq, self.path = \
+            fd, number, last_seq, path
+        self.done = threading.Event()
+        self.error: JournalFailed | None = None
+        #: The segment created by the rotation (its header is synced by
+        #: the background sync too).
+        self.new_fd: int | None = None
+        self.new_path = ""
 
 
 #: Levels of directories above a journal whose entries are fsynced when it
@@ -183,6 +224,31 @@ class JournalWriter:
         #: Inside begin_point()/end_point(): appends are not synced one by
         #: one (the point_end record syncs them all under "always").
         self._in_point = False
+        #: Rotation syncs the old segment in the background (format 3,
+        #: docs/FORMAT.md section 11): not under "always" (every record is
+        #: synced anyway), nor without the GIL (settling needs the append
+        #: exclusion, see _settle_from_thread).
+        self._background_rotation = (
+            fsync != "always" and _GIL_ENABLED
+            and segment_bytes >= BACKGROUND_ROTATION_MIN_BYTES)
+        #: Whether the current segment's header carries
+        #: SEGMENT_FLAG_BACKGROUND_SYNC (only such a segment may be rotated
+        #: in the background).
+        self._segment_flagged = False
+        #: Rotated segments still syncing or not yet vouched for, oldest
+        #: first (settled strictly in this order).
+        self._pendings: list = []
+        #: The descriptor the group-commit thread is syncing outside
+        #: _sync_lock (see _group_sync), and its "done" event.
+        self._group_fd: int | None = None
+        self._group_idle = threading.Event()
+        self._group_idle.set()
+        #: Set by close(): its rotation (if the close record fills the
+        #: segment) is synced inline, so no segment_synced follows close.
+        self._closing = False
+        #: The appending thread is blocked in _wait_for_heartbeat (see
+        #: _settle_from_thread).
+        self._append_waiting = False
 
         self._ensure_dir()
         self._lock = journal_lock.acquire(self.path)
@@ -282,6 +348,26 @@ class JournalWriter:
             raise CorruptRecord(
                 "journal is damaged before its end; refusing to append "
                 f"(run 'artiq-journal verify'): {errors[0]}", path=self.path)
+        tears = [d for d in reader.diagnostics if d.kind == "unsynced_tail"]
+        if tears:
+            # Power loss while segments were syncing in the background: the
+            # journal ends at the tear, and what follows it was never
+            # acknowledged (FORMAT.md 8.6, 11).  The segments after it go
+            # (their names first, durably; newest first), and so does a
+            # segment whose header is the tear; a tear inside a segment is
+            # then cut below like a torn tail.
+            tear = tears[0]
+            paths = [path for _, path in reader.segments]
+            keep = paths.index(tear.path) + (0 if tear.offset == 0 else 1)
+            for path in reversed(paths[keep:]):
+                try:
+                    self.ops.unlink(path)
+                except OSError as exc:
+                    raise JournalFailed(f"cannot remove unacknowledged "
+                                        f"segment: {exc.strerror or exc}",
+                                        path=path) from exc
+            self._sync_dir(self.path)
+            del reader.segments[keep:]
         self._seq = self._durable_seq = max(reader.last_trusted_seq, snap_seq)
         self._snapshot_seq = None if start is None else snap_seq
         if not reader.segments:
@@ -309,7 +395,7 @@ class JournalWriter:
         cut, holds_records = _intact_end(reader, number, seg_path, size,
                                          snap_pos)
         try:
-            decode_segment_header(head)
+            header = decode_segment_header(head)
         except ValueError:
             if holds_records:
                 raise CorruptRecord("segment header is damaged but intact "
@@ -319,6 +405,10 @@ class JournalWriter:
             # size was made durable, the data not).  Nothing in it was
             # acknowledged (a segment's header is synced before any record
             # in it), so start it afresh.
+            for _, earlier in reader.segments[:-2]:
+                self._sync_previous_segment(earlier)
+            prev_flagged = len(reader.segments) >= 2 and \
+                self._sync_previous_segment(reader.segments[-2][1])
             try:
                 self.ops.unlink(seg_path)
             except OSError as exc:
@@ -326,6 +416,8 @@ class JournalWriter:
                                     f"{exc.strerror or exc}",
                                     path=seg_path) from exc
             self._new_segment(number)
+            if prev_flagged:
+                self._write_marker(reader.segments[-2][0], self._seq)
             return
         if cut > size:
             raise CorruptRecord(f"segment ends at {size}, before the "
@@ -361,26 +453,74 @@ class JournalWriter:
         self._fd = fd
         self._segment = number
         self._offset = cut
+        self._segment_flagged = bool(header.flags
+                                     & SEGMENT_FLAG_BACKGROUND_SYNC)
+        for _, earlier in reader.segments[:-2]:
+            self._sync_previous_segment(earlier)
+        if len(reader.segments) >= 2:
+            prev_number, prev_path = reader.segments[-2]
+            if self._sync_previous_segment(prev_path) and not _vouching(
+                    seg_path, prev_number, self.max_record_bytes)[0]:
+                # Its writer died before vouching for it; synced now, it is
+                # vouched for before anything here is acknowledged.
+                self._write_marker(prev_number, header.first_seq - 1)
 
-    def _new_segment(self, number: int) -> None:
+    def _sync_previous_segment(self, seg_path: str) -> bool:
+        """fdatasync segment ``seg_path``; return whether its header has
+        the background sync flag (False if it is gone)."""
+        # A writer that died (process crash) while the segment before the
+        # last was still syncing in the background left it in the page
+        # cache only; records acknowledged from now on come after it.
+        try:
+            fd = self.ops.open(seg_path, os.O_RDONLY | O_NOFOLLOW
+                               | O_CLOEXEC)
+        except FileNotFoundError:
+            return False  # deleted by a snapshot: covered, nothing to sync
+        except OSError as exc:
+            raise JournalFailed(f"cannot open segment: {exc.strerror or exc}",
+                                path=seg_path) from exc
+        try:
+            self.ops.fdatasync(fd)
+            head = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
+        except OSError as exc:
+            raise JournalFailed(f"fdatasync failed: {exc.strerror or exc}",
+                                path=seg_path) from exc
+        finally:
+            self.ops.close(fd)
+        try:
+            return bool(decode_segment_header(head).flags
+                        & SEGMENT_FLAG_BACKGROUND_SYNC)
+        except ValueError:
+            return False
+
+    def _new_segment(self, number: int, sync: bool = True) -> None:
+        """Create segment ``number``.  ``sync`` False (a background
+        rotation): its header and name are made durable by the background
+        sync instead, before anything in it is acknowledged."""
         seg_path = os.path.join(self.path, segment_name(number))
+        flags = SEGMENT_FLAG_BACKGROUND_SYNC if self._background_rotation \
+            else 0
         try:
             fd = self.ops.open(seg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
                                | O_NOFOLLOW | O_CLOEXEC, CREATE_MODE)
             self._fd = fd
-            header = encode_segment_header(number, self._seq + 1)
+            header = encode_segment_header(number, self._seq + 1, flags)
             self._write_all(fd, header)
-            # Under every policy (once per segment, so cheap): the header
-            # and the file's name must be durable before any record in it is
-            # acknowledged -- sync() and close() sync only the current
-            # segment's data, and a lost name or a zero header would take
-            # its records with it.
-            self.ops.fdatasync(fd)
-            self.ops.fsync_dir(self.path)
+            # The header and the file's name must be durable before any
+            # record in it is acknowledged -- sync() and close() sync only
+            # the current segment's data, and a lost name or a zero header
+            # would take its records with it.  Inline unless the rotation
+            # syncs in the background: on ext4 (data=ordered) this small
+            # sync commits the journal, which first writes out the previous
+            # segment's dirty data -- the very wait the background avoids.
+            if sync:
+                self.ops.fdatasync(fd)
+                self.ops.fsync_dir(self.path)
         except OSError as exc:
             self._fail(exc, seg_path, "create segment")
         self._segment = number
         self._offset = SEGMENT_HEADER_SIZE
+        self._segment_flagged = bool(flags)
 
     # -- appending ---------------------------------------------------------------
 
@@ -584,9 +724,7 @@ class JournalWriter:
             raise self._broken
         seq = self._seq + 1
         tail = self._tail_pack(length, seq, rtype, 0, 0)
-        crc = crc32(tail)
-        for part in parts:
-            crc = crc32(part, crc)
+        crc = crc32_parts(parts, crc32(tail))
         views = [memoryview(self._crc_pack(crc) + tail)]
         views.extend(memoryview(p) for p in parts)
         try:
@@ -653,24 +791,177 @@ class JournalWriter:
         raise err
 
     def _rotate(self) -> None:
+        if self._closing and self._segment_flagged:
+            # The close record stays the last record: no segment after it
+            # (one would need a segment_synced record after the close).
+            return
         with self._sync_lock:
+            # Segments whose background sync returned are vouched for now
+            # (in order); the oldest is waited for only when too many are
+            # in flight.
+            self._settle_locked(wait=False)
+            while len(self._pendings) >= MAX_BACKGROUND_SYNCS:
+                self._settle_one()
             old_fd = self._fd
-            # Under every policy (once per segment): the old segment is made
-            # durable before the next one exists, so only the last segment
-            # can end in a torn record, and sync()/close(), which sync only
-            # the current segment, truly make everything durable.
-            self._datasync(old_fd)
-            self._durable_seq = self._seq
+            old_number, old_last = self._segment, self._seq
+            old_flagged = self._segment_flagged
+            background = self._background_rotation and self._segment_flagged
+            if not background:
+                # The old segment is made durable before the next one
+                # exists, so sync()/close(), which sync only the current
+                # segment, truly make everything durable.
+                self._datasync(old_fd)
+                self._durable_seq = self._seq
             # The descriptor is released even when close() reports an error
             # (a deferred write error, e.g. on NFS): forget it first, then
             # treat the error as the write failure it is.
             self._fd = None
             self._bytes_before_segment += self._offset
+            if background:
+                # fdatasync of a full segment takes ~75 ms; the caller goes
+                # on writing into the next segment meanwhile.  Nothing
+                # written after this point is acknowledged until this and
+                # every earlier segment synced and a segment_synced record
+                # says so (_settle_one).
+                pending = _PendingSync(old_fd, self._segment, self._seq,
+                                       self._segment_path())
+                self._pendings.append(pending)
+                self._new_segment(self._segment + 1, sync=False)
+                pending.new_fd = self._fd
+                pending.new_path = self._segment_path()
+            else:
+                if self._group_fd == old_fd:
+                    # The group-commit thread is syncing it (outside the
+                    # lock): its descriptor must outlive that call.
+                    self._group_idle.wait()
+                try:
+                    self.ops.close(old_fd)
+                except OSError as exc:
+                    self._fail(exc, self._segment_path(), "close")
+                self._new_segment(self._segment + 1)
+            if background:
+                threading.Thread(target=self._background_sync,
+                                 args=(pending,), daemon=True,
+                                 name=f"artiq-journal segment sync "
+                                      f"{pending.path}").start()
+            if old_flagged and not background:
+                # A flagged segment synced inline is vouched for all the
+                # same: readers cannot tell how it was rotated.
+                self._write_marker(old_number, old_last)
+
+    def _background_sync(self, pending: _PendingSync) -> None:
+        # The previous segment first, then the new one's header (and the
+        # records already behind it) and its name: by then the previous
+        # segment's data is out, so these are cheap.  The new segment's
+        # descriptor stays open until this is settled (the next rotation
+        # and close settle first).
+        path = pending.path
+        try:
+            self.ops.fdatasync(pending.fd)
+            deleted = os.fstat(pending.fd).st_nlink == 0
+            if not deleted:
+                path = pending.new_path
+                self.ops.fdatasync(pending.new_fd)
+                self.ops.fsync_dir(self.path)
+        except OSError as exc:
+            err = JournalFailed(f"fdatasync failed: {exc.strerror or exc} "
+                                "(journal stopped; nothing more will be "
+                                "appended)", path=path)
+            err.__cause__ = exc
+        else:
+            err = None if not deleted else JournalFailed(
+                f"journal file was deleted ({os.strerror(errno.ENOENT)}; "
+                "journal directory removed?): records written to it are on "
+                "no disk (journal stopped; nothing more will be appended)",
+                path=pending.path)
+        if err is not None:
+            pending.error = err
+            if self._broken is None:
+                self._broken = err  # fail-stop: the next append raises it
+        pending.done.set()
+
+    def _settle_locked(self, wait: bool = True) -> None:
+        """Settle the segments synced in the background, oldest first:
+        ``wait`` for each (else stop at the first still syncing).  Caller
+        holds ``_sync_lock`` and excludes appends and heartbeats (settling
+        appends)."""
+        while self._pendings:
+            if not wait and not self._pendings[0].done.is_set():
+                return
+            self._settle_one()
+
+    def _settle_one(self) -> None:
+        """Wait for the oldest background sync, close its segment and
+        append its segment_synced record to the current segment."""
+        pending = self._pendings[0]
+        pending.done.wait()
+        if self._group_fd == pending.fd:
+            # The group-commit thread is still syncing this segment.
+            self._group_idle.wait()
+        del self._pendings[0]
+        try:
+            self.ops.close(pending.fd)
+        except OSError as exc:
+            if pending.error is None:
+                self._fail(exc, pending.path, "close")
+        if pending.error is not None:
+            self._broken = pending.error
+            raise pending.error
+        if self._broken is not None:
+            raise self._broken
+        # Every earlier segment is settled: this one's records are durable.
+        self._durable_seq = max(self._durable_seq, pending.last_seq)
+        self._write_marker(pending.number, pending.last_seq)
+
+    def _write_marker(self, number: int, last_seq: int) -> None:
+        """Append segment_synced [number, last_seq] to the current segment.
+        Written directly (no rotation from here: callers hold _sync_lock).
+        Any acknowledgement after this comes from a sync of the current
+        segment that covers this record: a reader finding no such record
+        knows nothing after segment ``number`` was acknowledged (FORMAT.md
+        section 8.6)."""
+        seq = self._seq + 1
+        data = encode_record(seq, REC_SEGMENT_SYNCED,
+                             codec.pack([number, last_seq]))
+        try:
+            self._write_all(self._fd, data)
+        except OSError as exc:
+            self._fail(exc, self._segment_path(), "write")
+        self._seq = seq
+        self._offset += len(data)
+
+    def _settle_from_thread(self) -> bool:
+        """_settle_locked from the group-commit thread, inside the append
+        exclusion.  Unlike a heartbeat it does not give up when an append
+        is under way: it waits for that append to end (or for the
+        appending thread to block on it), so durable_seq keeps moving also
+        under back-to-back appends.  False: stopped or failed."""
+        with self._beat_lock:
+            self._beating = True
             try:
-                self.ops.close(old_fd)
-            except OSError as exc:
-                self._fail(exc, self._segment_path(), "close")
-            self._new_segment(self._segment + 1)
+                # Dekker as in _heartbeat, plus _append_waiting: an appender
+                # that read _beating True blocks on _beat_lock (held here).
+                while self._in_append and not self._append_waiting:
+                    if self._stop.is_set() or self._broken is not None:
+                        return False
+                    time.sleep(0.0002)
+                if self._broken is not None or self._fd is None:
+                    return False
+                with self._sync_lock:
+                    self._settle_locked(wait=False)
+                return True
+            except JournalError:
+                return False
+            finally:
+                self._beating = False
+
+    def _oldest_pending(self) -> _PendingSync | None:
+        # Read without the lock (the appending thread may settle one
+        # meanwhile): a stale answer only delays this tick's work.
+        try:
+            return self._pendings[0]
+        except IndexError:
+            return None
 
     # -- durability ----------------------------------------------------------------
 
@@ -699,15 +990,36 @@ class JournalWriter:
         """Make every appended record durable now; return durable_seq."""
         if self._broken is not None:
             raise self._broken
-        with self._sync_lock:
-            self._sync_locked()
+        if not self._pendings:
+            with self._sync_lock:
+                self._sync_locked(exclusive=False)
+            if not self._pendings:
+                return self._durable_seq
+        # Settling appends a record: excluded from heartbeats like an
+        # append (sync() is called by the appending thread).
+        self._in_append = True
+        try:
+            if self._beating:
+                self._wait_for_heartbeat()
+            with self._sync_lock:
+                self._sync_locked(exclusive=True)
+        finally:
+            self._in_append = False
         return self._durable_seq
 
-    def _sync_locked(self) -> None:
+    def _sync_locked(self, exclusive: bool = True) -> None:
+        """Make everything appended durable (caller holds ``_sync_lock``).
+        ``exclusive``: the caller excludes appends and heartbeats, so a
+        segment still syncing in the background can be settled here;
+        otherwise nothing is acknowledged until it is."""
+        if self._pendings:
+            if not exclusive:
+                return
+            self._settle_locked()
         target = self._seq
         if target <= self._durable_seq or self._fd is None:
             return
-        # Earlier segments were synced at rotation: this one is all that
+        # Earlier segments are synced and settled: this one is all that
         # can hold records not yet durable.
         self._datasync(self._fd)
         self._durable_seq = target
@@ -729,11 +1041,52 @@ class JournalWriter:
             if next_beat is not None and clock() >= next_beat:
                 if self._heartbeat():
                     next_beat = clock() + beat_every
-            with self._sync_lock:
-                try:
-                    self._sync_locked()
-                except JournalFailed:
-                    return  # the next append raises it
+            oldest = self._oldest_pending()
+            if oldest is not None:
+                if oldest.done.is_set() and not self._settle_from_thread() \
+                        and self._broken is not None:
+                    return
+                if self._pendings:
+                    continue  # nothing is acknowledged before they settle
+            try:
+                self._group_sync()
+            except JournalFailed:
+                return  # the next append raises it
+
+    def _group_sync(self) -> None:
+        """The group-commit thread's sync of the current segment, outside
+        ``_sync_lock``: a rotation (which takes the lock) does not wait for
+        an fdatasync of a segment holding tens of MiB.  The segment's
+        descriptor is not closed meanwhile (_settle_one waits for
+        ``_group_idle``)."""
+        with self._sync_lock:
+            if self._pendings or self._fd is None \
+                    or self._seq <= self._durable_seq:
+                return
+            target, fd, path = self._seq, self._fd, self._segment_path()
+            self._group_fd = fd
+            self._group_idle.clear()
+        try:
+            self.ops.fdatasync(fd)
+            deleted = os.fstat(fd).st_nlink == 0
+        except OSError as exc:
+            self._fail(exc, path, "fdatasync")
+        finally:
+            self._group_fd = None
+            self._group_idle.set()
+        if deleted:
+            err = JournalFailed(
+                f"journal file was deleted ({os.strerror(errno.ENOENT)}; "
+                "journal directory removed?): records written to it are on "
+                "no disk (journal stopped; nothing more will be appended)",
+                path=path)
+            self._broken = err
+            raise err
+        with self._sync_lock:
+            # Every segment before this one was settled when target was
+            # read (no pending), and this one is synced up to target.
+            if target > self._durable_seq:
+                self._durable_seq = target
 
     def _heartbeat_loop(self) -> None:
         # fsync "always"/"never": a thread of its own that sleeps between
@@ -779,8 +1132,12 @@ class JournalWriter:
 
     def _wait_for_heartbeat(self) -> None:
         # The heartbeat holds _beat_lock for as long as _beating is True.
+        # _append_waiting tells _settle_from_thread this thread is blocked
+        # here (not inside an append); it is cleared while the lock is held,
+        # so the next holder never sees a stale True.
+        self._append_waiting = True
         with self._beat_lock:
-            pass
+            self._append_waiting = False
 
     def _sync_dir(self, path: str) -> None:
         try:
@@ -820,7 +1177,7 @@ class JournalWriter:
             # there would apply the point's tail without its head.
             raise ValueError("write_snapshot inside an open point")
         with self._sync_lock:
-            self._sync_locked()
+            self._sync_locked(exclusive=True)
         seq = self._seq
         previous = self._snapshot_seq
         payload = {"position": [self._segment, self._offset], "state": state}
@@ -855,6 +1212,13 @@ class JournalWriter:
                 pass
             except OSError:
                 break  # harmless: the segment is merely kept
+            # One at a time, oldest first, each durable before the next:
+            # power loss never leaves a segment whose segment_synced record
+            # (format 3, in a later segment) is gone while it stays.
+            try:
+                self.ops.fsync_dir(self.path)
+            except OSError:
+                break
 
     # -- closing ---------------------------------------------------------------------
 
@@ -869,9 +1233,15 @@ class JournalWriter:
             self._thread = None
         try:
             if self._broken is None:
+                # Settled before the close record (its segment_synced must
+                # not follow the close), and the close record's own rotation
+                # is inline.
+                self._closing = True
+                with self._sync_lock:
+                    self._settle_locked()
                 self.append(REC_CLOSE, [reason])
                 with self._sync_lock:
-                    self._sync_locked()
+                    self._sync_locked(exclusive=True)
         finally:
             self._abandon()
             if self._broken is None:
@@ -890,6 +1260,15 @@ class JournalWriter:
             self._broken = JournalClosed("journal is closed", path=self.path)
 
     def _abandon(self) -> None:
+        pendings, self._pendings = self._pendings, []
+        for pending in pendings:
+            # Its descriptor is closed only after the background fdatasync
+            # returned (a number reused meanwhile would be synced instead).
+            pending.done.wait()
+            try:
+                self.ops.close(pending.fd)
+            except OSError:
+                pass
         fd, self._fd = self._fd, None
         if fd is not None:
             try:

@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ..journal.constants import REC_APPEND, REC_HEARTBEAT
+from ..journal.constants import (REC_APPEND, REC_HEARTBEAT,
+                                 REC_SEGMENT_SYNCED)
 from ..journal.reader import list_segments
 from ..journal.tail import read_tail
 from ..runstate import RunState
@@ -125,7 +126,8 @@ def _trusted_tail(journal_dir: str, state: RunState, window: int) -> list:
             break
         chain.append(r)
     chain.reverse()
-    return [r for r in chain if r.rtype != REC_HEARTBEAT]
+    return [r for r in chain
+            if r.rtype != REC_HEARTBEAT and r.rtype != REC_SEGMENT_SYNCED]
 
 
 def _last_entries(state: RunState, keys: list) -> dict | None:
