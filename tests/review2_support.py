@@ -43,3 +43,37 @@ def scan_with_dataset_replaced_in_each_point(root: str, replacement):
             assert j.op("set", "a", [], {}, True, False, True)
     j.crash()
     return j
+
+
+def reference_combine(crc1: int, crc2: int, len2: int) -> int:
+    """zlib's crc32_combine, transliterated, without any cache."""
+    def times(mat, vec):
+        out, i = 0, 0
+        while vec:
+            if vec & 1:
+                out ^= mat[i]
+            vec >>= 1
+            i += 1
+        return out
+
+    def square(mat):
+        return [times(mat, row) for row in mat]
+    if len2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << n for n in range(31)]
+    even = square(odd)
+    odd = square(even)
+    while True:
+        even = square(odd)
+        if len2 & 1:
+            crc1 = times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = square(even)
+        if len2 & 1:
+            crc1 = times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2

@@ -17,6 +17,9 @@ from .journal.constants import REC_APPEND
 
 #: Distinct shapes kept apart; a journal with more gives up the trail.
 MAX_SHAPES = 1 << 16
+#: Characters of the keys the shapes hold, all told (a journal of long
+#: distinct keys gives up the trail instead of holding them all).
+MAX_KEY_CHARS = 16 << 20
 #: Records remembered; beyond, the oldest half is dropped (and with it the
 #: sight of the scan's start: the analysis then says "not known").
 MAX_RECORDS = 1 << 25
@@ -30,6 +33,7 @@ class RecordTrail:
         self.ids = array.array("H")
         self.shapes: list[tuple[int, Any]] = []
         self._index: dict[tuple[int, Any], int] = {}
+        self._key_chars = 0
         #: The trail begins with the journal's first record (no snapshot).
         self.from_start = from_start
         #: Records were dropped from its beginning (MAX_RECORDS).
@@ -43,8 +47,13 @@ class RecordTrail:
         found = self._index.get(shape)
         if found is not None:
             return found
-        if len(self.shapes) >= MAX_SHAPES:
+        if key is not None:
+            self._key_chars += len(key)
+        if len(self.shapes) >= MAX_SHAPES or \
+                self._key_chars > MAX_KEY_CHARS:
+            # Given up: the analysis reads the journal's last segment.
             self.valid = False
+            self.shapes, self._index = [(0, None)], {}
             return 0
         found = self._index[shape] = len(self.shapes)
         self.shapes.append(shape)

@@ -27,10 +27,9 @@ def _float32_registered_by_an_ordinary_value(monkeypatch):
     codec.pack(np.float32(1.5))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R2-1: _VALUE_STRUCT[np.float32] packs through struct '<f', which "
-    "goes via a C double and sets the quiet bit of a signalling NaN; "
-    "pack() uses tobytes() -- the journaled float32 is not ARTIQ's"))
+# Fixed: R2-1: _VALUE_STRUCT[np.float32] packs through struct '<f', which
+#   goes via a C double and sets the quiet bit of a signalling NaN;
+#   pack() uses tobytes() -- the journaled float32 is not ARTIQ's
 def test_float32_signalling_nan_append_is_exactly_pack():
     codec.pack(np.float32(1.5))     # any ordinary float32 first (a scan)
     snan = float32_from_bits(SNAN32_BITS)
@@ -42,9 +41,8 @@ def test_float32_signalling_nan_append_is_exactly_pack():
         assert got.tobytes() == snan.tobytes()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R2-1: as for append: encode_mutate's float32 value goes through "
-    "struct '<f' (quiet bit set on a signalling NaN)"))
+# Fixed: R2-1: as for append: encode_mutate's float32 value goes through
+#   struct '<f' (quiet bit set on a signalling NaN)
 def test_float32_signalling_nan_mutate_is_exactly_pack():
     codec.pack(np.float32(1.5))
     snan = float32_from_bits(SNAN32_BITS)
@@ -53,11 +51,10 @@ def test_float32_signalling_nan_mutate_is_exactly_pack():
     assert data is None or data == expected
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R2-1: end to end: append_to of a float32 signalling NaN is journaled "
-    "with the quiet bit set (fast path; the writer's zero-copy packer "
-    "does the same through _SCALAR_STRUCT), so replay gives other bits "
-    "than the value ARTIQ holds and writes to HDF5"))
+# Fixed: R2-1: end to end: append_to of a float32 signalling NaN is journaled
+#   with the quiet bit set (fast path; the writer's zero-copy packer
+#   does the same through _SCALAR_STRUCT), so replay gives other bits
+#   than the value ARTIQ holds and writes to HDF5
 def test_float32_signalling_nan_survives_the_journal(tmp_path):
     from test_hooks_semantics import MockDatasetDB, journal, make_manager
     from artiq_journal.replay import replay

@@ -151,8 +151,10 @@ def _scalar_ext(obj: Any) -> msgpack.ExtType:
     return _ext(EXT_NPSCALAR, data)
 
 
-#: struct codes giving exactly a numpy scalar's ``tobytes()``.
-_STRUCT_CODES = {"<f8": "<d", "<f4": "<f", "<i8": "<q", "<i4": "<i",
+#: struct codes giving exactly a numpy scalar's ``tobytes()``.  Not
+#: float32: struct's "f" goes through a C double, which quiets a
+#: signalling NaN (other bits than the value ARTIQ holds).
+_STRUCT_CODES = {"<f8": "<d", "<i8": "<q", "<i4": "<i",
                  "<i2": "<h", "|i1": "<b", "<u8": "<Q", "<u4": "<I",
                  "<u2": "<H", "|u1": "<B"}
 

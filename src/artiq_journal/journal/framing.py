@@ -109,47 +109,6 @@ def type_name(rtype: int) -> str:
     return RECORD_TYPE_NAMES.get(rtype, f"type-{rtype}")
 
 
-def _gf2_times(mat: list, vec: int) -> int:
-    total = 0
-    i = 0
-    while vec:
-        if vec & 1:
-            total ^= mat[i]
-        vec >>= 1
-        i += 1
-    return total
-
-
-def _gf2_square(mat: list) -> list:
-    return [_gf2_times(mat, mat[n]) for n in range(32)]
-
-
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """CRC-32 of A‖B from crc1 = CRC of A, crc2 = CRC of B and len2 = the
-    length of B (zlib's ``crc32_combine``, which Python does not expose):
-    lets a writer stream a payload and CRC a header it can only build
-    afterwards."""
-    if len2 <= 0:
-        return crc1
-    odd = [0xEDB88320] + [1 << n for n in range(31)]  # one zero bit
-    even = _gf2_square(odd)   # two zero bits
-    odd = _gf2_square(even)   # four
-    while True:
-        even = _gf2_square(odd)
-        if len2 & 1:
-            crc1 = _gf2_times(even, crc1)
-        len2 >>= 1
-        if not len2:
-            break
-        odd = _gf2_square(even)
-        if len2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
-    return crc1 ^ crc2
-
-
 # --- CRC of large payloads ------------------------------------------------------
 #
 # zlib.crc32 runs at ~2-3 GB/s on one core and releases the GIL on large
@@ -174,48 +133,39 @@ def _gf2_square(mat: list) -> list:
     return [_gf2_times(mat, mat[n]) for n in range(32)]
 
 
-#: Operator "append len2 zero bytes" per len2, for crc32_combine: a record's
-#: slices come in a few lengths only.
-_COMBINE_OPS: dict = {}
+#: _ZEROS[k]: the operator taking the CRC of A to the CRC of A followed by
+#: 2**k zero bytes; built once, as far as lengths need, under a lock (two
+#: threads growing it together would each square the same last entry).
+_ZEROS: list = []
+_ZEROS_LOCK = threading.Lock()
 
 
-def _zeros_operator(len2: int) -> list:
-    op = _COMBINE_OPS.get(len2)
-    if op is not None:
-        return op
-    # odd: the operator for one zero bit; then squared to 2, 4 bits...
-    odd = [0xEDB88320] + [1 << n for n in range(31)]
-    even = _gf2_square(odd)   # 2 zero bits
-    odd = _gf2_square(even)   # 4 zero bits
-    result = None
-    n = len2
-    while True:
-        even = _gf2_square(odd)  # 8, 32, ... zero bits: one byte, 4, ...
-        if n & 1:
-            result = even if result is None else \
-                [_gf2_times(even, result[k]) for k in range(32)]
-        n >>= 1
-        if not n:
-            break
-        odd = _gf2_square(even)
-        if n & 1:
-            result = odd if result is None else \
-                [_gf2_times(odd, result[k]) for k in range(32)]
-        n >>= 1
-        if not n:
-            break
-    if len(_COMBINE_OPS) > 64:
-        _COMBINE_OPS.clear()
-    _COMBINE_OPS[len2] = result
-    return result
+def _zeros(k: int) -> list:
+    if k < len(_ZEROS):
+        return _ZEROS[k]
+    with _ZEROS_LOCK:
+        if not _ZEROS:
+            one_bit = [0xEDB88320] + [1 << n for n in range(31)]
+            _ZEROS.append(_gf2_square(_gf2_square(_gf2_square(one_bit))))
+        while len(_ZEROS) <= k:
+            _ZEROS.append(_gf2_square(_ZEROS[-1]))
+    return _ZEROS[k]
 
 
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     """zlib.crc32(A + B) from crc1 = zlib.crc32(A), crc2 = zlib.crc32(B)
-    and len2 = len(B)."""
+    and len2 = len(B) (zlib's ``crc32_combine``, which the zlib module
+    does not expose): lets a writer stream a payload and CRC a header it
+    can only build afterwards, or CRC slices in parallel."""
     if len2 <= 0:
-        return crc1
-    return _gf2_times(_zeros_operator(len2), crc1) ^ crc2
+        return crc1     # as zlib: B is empty
+    k = 0
+    while len2 > 0:
+        if len2 & 1:
+            crc1 = _gf2_times(_zeros(k), crc1)
+        len2 >>= 1
+        k += 1
+    return crc1 ^ crc2
 
 
 #: Payload pieces at least this large are split across threads.

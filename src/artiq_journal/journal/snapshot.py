@@ -29,7 +29,7 @@ from . import codec
 from .constants import (DEFAULT_MAX_SNAPSHOT_BYTES, SNAPSHOT_VERSION,
                         SNAPSHOT_HEADER, SNAPSHOT_HEADER_SIZE, SNAPSHOT_MAGIC,
                         SNAPSHOT_NAME, SNAPSHOT_NEW, SNAPSHOT_OLD)
-from .framing import crc32
+from .framing import crc32, crc32_combine
 from .fsio import OS_FILE_OPS, FileOps
 from .safefile import (CREATE_MODE, O_CLOEXEC, O_NOFOLLOW,
                        open_regular_file)
@@ -180,7 +180,7 @@ def write_snapshot(journal_dir: str, seq: int, state: Any, *,
             length = _write_payload(fd, state, ops)
             head = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, 0,
                                         seq, length[0], 0)[:_CRC_COVERED]
-            crc = _crc32_combine(crc32(head), length[1], length[0])
+            crc = crc32_combine(crc32(head), length[1], length[0])
             os.lseek(fd, 0, os.SEEK_SET)
             _write_all(fd, SNAPSHOT_HEADER.pack(
                 SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, 0, seq, length[0], crc),
@@ -222,47 +222,6 @@ _WRITE_SLICE = 1 << 20
 #: Every this many bytes written, the kernel is asked to start writing them
 #: out (see _start_writeback).
 _WRITEBACK_BYTES = 8 << 20
-
-
-#: _APPEND_ZEROS[k]: the GF(2) matrix taking the CRC of A to the CRC of A
-#: followed by 2**k zero bytes -- the operators framing.crc32_combine
-#: squares afresh on every call (a few ms each time: 5 % of a 20 MB
-#: snapshot); built once, as far as lengths need.
-_APPEND_ZEROS: list = []
-
-
-def _gf2_times(mat: list, vec: int) -> int:
-    total = 0
-    i = 0
-    while vec:
-        if vec & 1:
-            total ^= mat[i]
-        vec >>= 1
-        i += 1
-    return total
-
-
-def _gf2_square(mat: list) -> list:
-    return [_gf2_times(mat, row) for row in mat]
-
-
-def _crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """framing.crc32_combine (the CRC of A followed by B), with its
-    operators cached."""
-    if len2 <= 0:
-        return crc1
-    if not _APPEND_ZEROS:
-        one_bit = [0xEDB88320] + [1 << n for n in range(31)]
-        _APPEND_ZEROS.append(_gf2_square(_gf2_square(_gf2_square(one_bit))))
-    while len(_APPEND_ZEROS) < len2.bit_length():
-        _APPEND_ZEROS.append(_gf2_square(_APPEND_ZEROS[-1]))
-    k = 0
-    while len2:
-        if len2 & 1:
-            crc1 = _gf2_times(_APPEND_ZEROS[k], crc1)
-        len2 >>= 1
-        k += 1
-    return crc1 ^ crc2
 
 
 def _write_all(fd: int, data: Any, ops: FileOps) -> None:

@@ -254,10 +254,16 @@ def _cut_point(tokens: Any, found: tuple[int, int] | None,
     cut = (len(tokens) - start) % period
     if cut == 0:
         return None
-    done = [key for rtype, key in tokens[len(tokens) - cut:]
-            if rtype == REC_APPEND]
+    cut_part = tokens[len(tokens) - cut:]
+    done = [key for rtype, key in cut_part if rtype == REC_APPEND]
     if not done:
         return None         # the cut point appended nothing yet
+    # Each such append must still be the last record naming its key: a
+    # set or mutate after it (in the cut point) made the dataset something
+    # whose last entry no point appended.
+    last = {key: rtype for rtype, key in cut_part}
+    if any(last[key] != REC_APPEND for key in done):
+        return None
     lists = _last_entries(state, done)
     if lists is None:
         return None
