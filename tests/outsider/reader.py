@@ -326,8 +326,9 @@ def list_segments(d: str):
 
 # ------------------------------------------------------- 8.6 vouching
 def vouching(last: str, k: int):
-    """(an intact segment_synced record for k is among the intact records of
-    segment file `last` read in order from offset 32, how many of those)."""
+    """(segment file `last` holds an intact segment_synced record for k or
+    a later segment, found anywhere by its header bytes 16..19; how many
+    intact records it holds read in order from offset 32)."""
     fd, err = open_regular(last)
     if fd is None:
         return False, 0
@@ -337,7 +338,22 @@ def vouching(last: str, k: int):
         return False, 0
     finally:
         os.close(fd)
-    size, o, count, vouched = len(data), SEG_HEADER, 0, False
+    size, best = len(data), -1
+    tag = bytes([SEGMENT_SYNCED, 0, 0, 0])
+    hit = data.find(tag, SEG_HEADER + 16)
+    while hit >= 0:
+        o = hit - 16
+        crc, length = struct.unpack_from("<II", data, o)
+        if length <= 64 and o + REC_HEADER + length <= size \
+                and crc32(data[o + 4:o + REC_HEADER + length]) == crc:
+            try:
+                v = decode(data[o + REC_HEADER:o + REC_HEADER + length])
+            except Exception:  # noqa: BLE001
+                v = None
+            if isinstance(v, list) and v and type(v[0]) is int:
+                best = max(best, v[0])
+        hit = data.find(tag, hit + 1)
+    o, count = SEG_HEADER, 0
     while o + REC_HEADER <= size:
         crc, length, seq, rtype, flags, reserved = struct.unpack_from("<IIQBBH", data, o)
         if length > MAX_RECORD or o + REC_HEADER + length > size:
@@ -345,15 +361,8 @@ def vouching(last: str, k: int):
         if crc32(data[o + 4:o + REC_HEADER + length]) != crc or flags or reserved:
             break
         count += 1
-        if rtype == SEGMENT_SYNCED:
-            try:
-                v = decode(data[o + REC_HEADER:o + REC_HEADER + length])
-            except Exception:  # noqa: BLE001
-                v = None
-            if isinstance(v, list) and v and type(v[0]) is int and v[0] == k:
-                vouched = True
         o += REC_HEADER + length
-    return vouched, count
+    return best >= k, count
 
 
 # ------------------------------------------------------- 4.1 segment header
@@ -453,7 +462,7 @@ class Reader:
                 vouched, c = vouching(later, k)
                 if vouched:
                     return False
-                count += c
+                count += c      # (all of them: no later one vouches)
         self.diag("unsynced_tail", path, o,
                   f"unsynced tear; {count} intact records of later segments not applied")
         self.ended = True

@@ -51,11 +51,10 @@ class SharedErrorOps(FileOps):
 #   _rotate (writer.py:822-850) starts the background fdatasync on the
 #   very descriptor the group thread is syncing (only the inline path
 #   waits for _group_idle).
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-4: after the background fdatasync of segment 1 failed (EIO, "
-    "fail-stop), the group-commit thread's concurrent fdatasync of the same "
-    "descriptor returns 0 and raises durable_seq: records whose writeback "
-    "failed are acknowledged after the fail-stop"))
+# Fixed: R3-4: after the background fdatasync of segment 1 failed (EIO, fail-
+#   stop), the group-commit thread's concurrent fdatasync of the same
+#   descriptor returns 0 and raises durable_seq: records whose writeback
+#   failed are acknowledged after the fail-stop
 def test_nothing_is_acknowledged_after_a_failed_background_sync(tmp_path):
     ops = SharedErrorOps()
     w = JournalWriter(tmp_path / "a.journal", fsync="group", ops=ops,
@@ -86,9 +85,8 @@ def test_nothing_is_acknowledged_after_a_failed_background_sync(tmp_path):
 #   only an error makes a run recovered_partial.  (Fixing the document,
 #   not the code, may be the better answer while R3-1/R3-3 stand: then
 #   flip this test.)
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-5: artiq-recover reports the unsynced_tail warning as an error "
-    "(recovered_partial, exit 1), contrary to FORMAT.md 9.2"))
+# Fixed: R3-5: artiq-recover reports the unsynced_tail warning as an error
+#   (recovered_partial, exit 1), contrary to FORMAT.md 9.2
 def test_recover_reports_an_unsynced_tail_with_its_documented_severity(
         tmp_path):
     from artiq_journal.recovery import recover

@@ -40,11 +40,10 @@ def _reopen(path):
 #   flagged segment) + _unsynced_tear looking only for a segment_synced
 #   record naming exactly the unsettled segment: a deleted middle segment
 #   (which held that record) is taken for a power-loss tear.
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-1: a deleted middle segment is reported as unsynced_tail (warning) "
-    "and every later, acknowledged segment is dropped without an error; "
-    "later segments' segment_synced records (settled strictly in order) "
-    "prove the earlier segment was synced"))
+# Fixed: R3-1: a deleted middle segment is reported as unsynced_tail
+#   (warning) and every later, acknowledged segment is dropped without
+#   an error; later segments' segment_synced records (settled strictly
+#   in order) prove the earlier segment was synced
 def test_deleted_middle_segment_is_an_error_not_an_unsynced_tail(tmp_path):
     path = str(tmp_path / "a.journal")
     acked = acknowledged_journal(path)
@@ -58,10 +57,9 @@ def test_deleted_middle_segment_is_an_error_not_an_unsynced_tail(tmp_path):
     assert max(r.seq for r in records) == acked
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-2: writer.py:351-366 -- reopening a journal with a deleted middle "
-    "segment unlinks every later segment, although each held records "
-    "acknowledged by sync()"))
+# Fixed: R3-2: writer.py:351-366 -- reopening a journal with a deleted middle
+#   segment unlinks every later segment, although each held records
+#   acknowledged by sync()
 def test_reopen_never_deletes_acknowledged_segments_after_a_hole(tmp_path):
     path = str(tmp_path / "a.journal")
     acknowledged_journal(path)
@@ -75,11 +73,10 @@ def test_reopen_never_deletes_acknowledged_segments_after_a_hole(tmp_path):
 # R3-3: reader.py:275-277 + _vouching (reader.py:696-736) stops at the
 #   first record that is not intact, so an intact segment_synced record
 #   for segment 1 *behind* a zeroed sector of segment 2 is not seen.
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-3: one zeroed 512-byte sector at the start of a segment (header + "
-    "first record) is reported as unsynced_tail (warning), the rest of the "
-    "journal -- all acknowledged, including an intact segment_synced "
-    "record for the segment before -- is silently dropped"))
+# Fixed: R3-3: one zeroed 512-byte sector at the start of a segment (header +
+#   first record) is reported as unsynced_tail (warning), the rest of
+#   the journal -- all acknowledged, including an intact segment_synced
+#   record for the segment before -- is silently dropped
 def test_zeroed_sector_at_a_segment_start_is_an_error(tmp_path):
     path = str(tmp_path / "a.journal")
     acked = journal_with_marker_behind_records(path)
@@ -91,9 +88,8 @@ def test_zeroed_sector_at_a_segment_start_is_an_error(tmp_path):
     assert max(r.seq for r in records) == acked
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-3 (writer side): reopening after that zeroed sector unlinks "
-    "segment 2 and every later segment (acknowledged data)"))
+# Fixed: R3-3 (writer side): reopening after that zeroed sector unlinks
+#   segment 2 and every later segment (acknowledged data)
 def test_reopen_after_a_zeroed_sector_deletes_nothing(tmp_path):
     path = str(tmp_path / "a.journal")
     journal_with_marker_behind_records(path)

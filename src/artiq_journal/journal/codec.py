@@ -141,14 +141,24 @@ def _scalar_ext(obj: Any) -> msgpack.ExtType:
         prefix = data[:len(data) - len(raw)]
         _SCALAR_PREFIX[type(obj)] = prefix
         code = _STRUCT_CODES.get(dtype.str)
+        ext_head = _PACK_PLAIN(_ext(EXT_NPSCALAR, data))
+        head = ext_head[:len(ext_head) - len(data)] + prefix
         if code is not None:
             pack_raw = struct.Struct(code).pack
             if pack_raw(obj) == raw:
                 _SCALAR_STRUCT[type(obj)] = (prefix, pack_raw)
-                ext_head = _PACK_PLAIN(_ext(EXT_NPSCALAR, data))
-                _VALUE_STRUCT[type(obj)] = _prefixed_struct(
-                    ext_head[:len(ext_head) - len(data)] + prefix, code)
+                _VALUE_STRUCT[type(obj)] = _prefixed_struct(head, code)
+        elif dtype.str == "<f4":
+            # Its own bytes, never through a C double (a signalling NaN).
+            tobytes = type(obj).tobytes
+            _SCALAR_STRUCT[type(obj)] = (prefix, tobytes)
+            _VALUE_STRUCT[type(obj)] = functools.partial(
+                _head_and_bytes, head, tobytes)
     return _ext(EXT_NPSCALAR, data)
+
+
+def _head_and_bytes(head: bytes, tobytes: Callable, value: Any) -> bytes:
+    return head + tobytes(value)
 
 
 #: struct codes giving exactly a numpy scalar's ``tobytes()``.  Not

@@ -192,6 +192,7 @@ class JournalReader:
         self._rescan = False
         self._ended = False
         self._unsettled = None
+        self._markers: dict = {}
         last_index = len(segments) - 1
         for i, (number, seg_path) in enumerate(segments):
             yield from self._read_segment(
@@ -528,14 +529,14 @@ class JournalReader:
         last segment vouches for it (FORMAT.md 8.6).  If it is one, report
         it, end the journal here and return True."""
         self._unsettled = None
-        count = 0
-        for later_number, later_path in self.segments:
-            if later_number <= number:
-                continue
-            vouched, n = _vouching(later_path, number, self.max_record_bytes)
-            if vouched:
+        later = [p for n, p in self.segments if n > number]
+        markers = self._markers
+        for p in later:
+            if p not in markers:    # each file searched once per read
+                markers[p] = _max_marker(p)
+            if markers[p] >= number:
                 return False
-            count += n
+        count = sum(_intact_count(p, self.max_record_bytes) for p in later)
         self._diag("unsynced_tail", seg_path, offset,
                    f"segment {number} was never reported synced (power loss "
                    "while it was syncing in the background) and the journal "
@@ -696,15 +697,80 @@ def check_position(journal_dir: str, position: Position, after_seq: int
 def _vouching(path: str, number: int, max_record_bytes: int
               ) -> tuple[bool, int]:
     """(whether segment file ``path`` holds an intact segment_synced
-    record for segment ``number``, how many intact records it holds): its
-    records read from offset 32 up to the first that is not intact (its
-    header not checked: a torn header holds no record)."""
-    count = 0
-    vouched = False
+    record for segment ``number`` or a later one, how many intact records
+    it holds from offset 32 up to the first that is not intact)."""
+    return _max_marker(path) >= number, _intact_count(path, max_record_bytes)
+
+
+#: Bytes 16..19 of a segment_synced record's header: type, flags, reserved.
+_MARKER_TAG = bytes([REC_SEGMENT_SYNCED, 0, 0, 0])
+#: A segment_synced payload ``[number, last_seq]`` is at most this long.
+_MARKER_MAX_PAYLOAD = 64
+_MARKER_CHUNK = 1 << 20
+
+
+def _max_marker(path: str) -> int:
+    """The highest segment number an intact segment_synced record in the
+    file ``path`` names, -1 if none.  Found by its header's fixed bytes
+    anywhere past the segment header, damage or not: one record vouches
+    for its segment and (settled in order) every one before it, wherever
+    it is (FORMAT.md 8.6)."""
+    best = -1
     try:
         f = open_regular_file(path)
     except (OSError, NotRegularFile):
-        return False, 0
+        return best
+    keep = RECORD_HEADER_SIZE + _MARKER_MAX_PAYLOAD
+    with f:
+        try:
+            base = SEGMENT_HEADER_SIZE
+            f.seek(base)
+            data = f.read(_MARKER_CHUNK)
+            while len(data) >= RECORD_HEADER_SIZE:
+                hit = data.find(_MARKER_TAG, 16)
+                while hit >= 0:
+                    found = _marker_at(data, hit - 16)
+                    if found is not None and found > best:
+                        best = found
+                    hit = data.find(_MARKER_TAG, hit + 1)
+                more = f.read(_MARKER_CHUNK)
+                if not more:
+                    break
+                # Records cut by the chunk's end are looked at again whole.
+                cut = max(len(data) - keep, 0)
+                base += cut
+                data = data[cut:] + more
+        except OSError:
+            pass
+    return best
+
+
+def _marker_at(data: bytes, pos: int) -> int | None:
+    crc, length, _seq, _rtype, _flags, _res = RECORD_HEADER.unpack_from(
+        data, pos)
+    end = pos + RECORD_HEADER_SIZE + length
+    if length > _MARKER_MAX_PAYLOAD or end > len(data):
+        return None
+    payload = data[pos + RECORD_HEADER_SIZE:end]
+    if crc32(payload, crc32(data[pos + 4:pos + RECORD_HEADER_SIZE])) != crc:
+        return None
+    try:
+        value = msgpack.unpackb(payload, raw=False)
+    except Exception:  # noqa: BLE001 -- any bad payload
+        return None
+    if type(value) is list and value and type(value[0]) is int:
+        return value[0]
+    return None
+
+
+def _intact_count(path: str, max_record_bytes: int) -> int:
+    """Intact records of segment file ``path`` from offset 32 up to the
+    first that is not (its header not checked)."""
+    count = 0
+    try:
+        f = open_regular_file(path)
+    except (OSError, NotRegularFile):
+        return 0
     with f:
         try:
             size = os.fstat(f.fileno()).st_size
@@ -722,18 +788,10 @@ def _vouching(path: str, number: int, max_record_bytes: int
                         crc32(payload, crc32(head[4:])) != crc:
                     break
                 count += 1
-                if rtype == REC_SEGMENT_SYNCED and not vouched:
-                    try:
-                        value = msgpack.unpackb(payload, raw=False)
-                    except Exception:  # noqa: BLE001 -- any bad payload
-                        value = None
-                    vouched = (type(value) is list and len(value) >= 1
-                               and type(value[0]) is int
-                               and value[0] == number)
                 offset += RECORD_HEADER_SIZE + length
         except OSError:
             pass
-    return vouched, count
+    return count
 
 
 def _zeros_to_end(f) -> bool:

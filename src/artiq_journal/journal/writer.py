@@ -1020,7 +1020,12 @@ class JournalWriter:
         if target <= self._durable_seq or self._fd is None:
             return
         # Earlier segments are synced and settled: this one is all that
-        # can hold records not yet durable.
+        # can hold records not yet durable.  Not while the group thread
+        # syncs it (outside the lock): of two concurrent fdatasyncs of one
+        # file only one hears of a writeback error.
+        self._group_idle.wait()
+        if self._broken is not None:
+            raise self._broken
         self._datasync(self._fd)
         self._durable_seq = target
 
@@ -1084,8 +1089,14 @@ class JournalWriter:
             raise err
         with self._sync_lock:
             # Every segment before this one was settled when target was
-            # read (no pending), and this one is synced up to target.
-            if target > self._durable_seq:
+            # read (no pending), and this one is synced up to target --
+            # unless another fdatasync of the same file ran meanwhile (a
+            # rotation's background sync): Linux reports a writeback error
+            # to one caller only, so a success here proves nothing then,
+            # and that sync's settling acknowledges these records.
+            if self._broken is None and self._fd == fd \
+                    and self._segment_path() == path \
+                    and target > self._durable_seq:
                 self._durable_seq = target
 
     def _heartbeat_loop(self) -> None:

@@ -425,7 +425,10 @@ class _Recovery:
         result = replay(self.path, compact_floats=True, trail=True)
         state = result.state
         for d in result.diagnostics:
-            severity = "info" if d.severity == "info" else "error"
+            # A warning stays one: unsynced_tail, a power-loss tear behind
+            # which nothing was acknowledged (FORMAT.md 8.6).
+            severity = d.severity if d.severity in ("info", "warning") \
+                else "error"
             if d.kind == "snapshot" and severity == "error":
                 # A bad checkpoint by itself loses nothing: replay falls back
                 # on an older one (or none) and the records after it, and if
