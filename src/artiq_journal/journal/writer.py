@@ -4,7 +4,9 @@ Guarantees (docs/FORMAT.md, "Durability"):
 
 * ``append`` hands the whole framed record to the kernel with ``write``
   before it returns, under every fsync policy, so a process crash (SIGKILL,
-  segfault, OOM kill) loses nothing that was appended.
+  segfault, OOM kill) loses nothing that was appended.  A record of
+  OVERLAP_CRC_MIN bytes or more is written while its CRC is computed: its
+  CRC field is written last (pwrite), and the record counts only after.
 * ``fsync="always"``: ``append`` returns only after ``fdatasync``.
   ``fsync="group"``: a background thread syncs at most ``group_interval``
   seconds after a record was written; ``durable_seq`` says how far.
