@@ -18,6 +18,7 @@ import time
 import pytest
 
 from artiq_journal.errors import JournalError, NoSnapshot
+from artiq_journal.journal import codec
 from artiq_journal.journal.constants import (REC_RUN_INFO, REC_SET, REC_STAGE,
                                              SNAPSHOT_NAME, SNAPSHOT_NEW,
                                              SNAPSHOT_OLD)
@@ -641,4 +642,127 @@ def test_simulator_catches_acknowledging_before_the_segment_is_synced(
     with capsys.disabled():
         print(f"\n[mutant: no background sync] {report.summary()}, "
               f"acknowledged data lost in {report.lost_states}")
+    assert report.lost_states > 0
+
+
+# --- large records: the CRC written after the payload ---------------------------
+
+@pytest.fixture
+def overlap_crc(monkeypatch):
+    """Every record holding a large array goes through the overlapped path
+    (header with a zero CRC + payload, then a pwrite of the CRC; the writer
+    does that from 8 MiB on), with a CRC thread even on one CPU."""
+    from artiq_journal.journal import codec, framing, writer as writer_module
+    monkeypatch.setattr(writer_module, "OVERLAP_CRC_MIN", 0)
+    # Arrays from 256 bytes on are framed from their own memory (64 KiB
+    # in the writer): records of a few sectors keep the states few.
+    monkeypatch.setattr(codec, "ZERO_COPY_MIN", 256)
+    monkeypatch.setattr(framing, "_CRC_THREADS",
+                        max(2, framing._CRC_THREADS))
+    monkeypatch.setattr(framing, "OVERLAP_SLICE", 512)
+
+
+def _array_dataset(rng: random.Random, seq: int) -> list:
+    import numpy as np
+    # Framed from the array's own memory (see overlap_crc); sizes straddle
+    # 512-byte sectors.
+    n = rng.choice((300, 700, 1300))
+    return [f"k{seq}", np.full(n, seq % 251, np.uint8), {}, False, False,
+            True]
+
+
+def drive_large(rec, expect, n, seed, fsync, segment_bytes=SEGMENT_BYTES,
+                sync_every=0, group_interval=3600.0):
+    rng = random.Random(seed)
+    group = {"group_interval": group_interval} if fsync == "group" else {}
+    driver = JournalDriver(rec, expect, os.path.join(rec.root, JOURNAL),
+                           fsync=fsync, segment_bytes=segment_bytes,
+                           heartbeat_interval=None, **group)
+    for i in range(1, n + 1):
+        seq = driver.writer.last_seq + 1
+        if rng.random() < 0.6:
+            obj = _array_dataset(rng, seq)
+            driver.append(REC_SET, obj)
+            # Framed by pack_parts: an ext32 even below 64 KiB (codec.pack
+            # would use an ext16), the same value.
+            expect.records[seq] = (REC_SET, b"".join(
+                bytes(p) for p in codec.pack_parts(obj)))
+        else:
+            driver.append(REC_SET, _dataset(rng, seq))
+        if sync_every and i % sync_every == 0:
+            driver.sync()
+    driver.close()
+    return driver
+
+
+def _crc_writes(rec: RecordingFileOps) -> int:
+    """Record CRCs written after their record (a 4-byte write at the offset
+    of the write just before it): each is a crash point between the
+    payload and its CRC."""
+    return sum(1 for a, b in zip(rec.log, rec.log[1:])
+               if a.kind == b.kind == "write" and b.inode == a.inode
+               and b.offset == a.offset and len(b.data) == 4
+               and a.data[:4] == bytes(4))
+
+
+@pytest.mark.parametrize("fsync", ["always", "group", "never"])
+def test_crc_written_after_the_payload_keeps_every_acknowledged_record(
+        tmp_path, capsys, overlap_crc, fsync):
+    """A crash between a large record's payload and its CRC leaves a torn
+    last record that was never acknowledged: read as a torn tail (no
+    error), nothing acknowledged lost, a reopened writer goes on."""
+    report = Report()
+    crc_points = 0
+    for run in range(2 * SCALE):
+        rec = _recorder(tmp_path, f"run-{run}")
+        expect = Expectations()
+        drive_large(rec, expect, 12, seed=900 + run, fsync=fsync,
+                    segment_bytes=SEGMENT_BYTES if run % 2 else 1 << 20,
+                    sync_every=3 if fsync != "always" else 0,
+                    group_interval=0.002)
+        crc_points += _crc_writes(rec)
+        report.add(simulate(rec, expect, JOURNAL, workers=WORKERS, seed=run,
+                            samples=6, strict=fsync == "always",
+                            reopen_every=7 if fsync == "always" else 0))
+    assert crc_points >= 4
+    _report(capsys, f"crc after payload, {fsync}", report)
+
+
+def _acks_before_the_crc(self, rtype, parts, length):
+    # Mutant of JournalWriter._append_parts_locked: the record is counted
+    # (and under "always" synced) before its CRC is written.
+    from artiq_journal.journal.framing import OverlappedCrc, crc32
+    from artiq_journal.journal.constants import RECORD_HEADER_SIZE
+    seq = self._seq + 1
+    tail = self._tail_pack(length, seq, rtype, 0, 0)
+    at = self._offset
+    crc = OverlappedCrc(parts, crc32(tail))
+    self._writev_all(self._fd, [memoryview(bytes(4) + tail)]
+                     + [memoryview(p) for p in parts])
+    self._seq = seq
+    self._offset += RECORD_HEADER_SIZE + length
+    if self._always:
+        self._sync_appended(seq)
+    time.sleep(0.01)  # (group: the group-commit thread syncs meanwhile)
+    self._pwrite_all(self._fd, self._crc_pack(crc.result()), at)
+    if self._offset >= self.segment_bytes:
+        self._rotate()
+    return seq
+
+
+@pytest.mark.parametrize("fsync", ["always", "group"])
+def test_simulator_catches_acknowledging_before_the_crc_is_written(
+        tmp_path, capsys, overlap_crc, monkeypatch, fsync):
+    monkeypatch.setattr(JournalWriter, "_append_parts_locked",
+                        _acks_before_the_crc)
+    rec = _recorder(tmp_path)
+    expect = Expectations()
+    drive_large(rec, expect, 8, seed=9, fsync=fsync, segment_bytes=1 << 20,
+                group_interval=0.002)
+    report = simulate(rec, expect, JOURNAL, workers=1, seed=9, samples=4,
+                      strict=False)
+    with capsys.disabled():
+        print(f"\n[mutant: acknowledged before its CRC, {fsync}] "
+              f"{report.summary()}, acknowledged data lost in "
+              f"{report.lost_states}")
     assert report.lost_states > 0

@@ -216,3 +216,69 @@ def crc32_parts(parts, crc: int = 0) -> int:
         for s, fut in zip(slices[1:], futures):
             crc = crc32_combine(crc, fut.result(), len(s))
     return crc
+
+
+# --- CRC overlapped with the write ----------------------------------------------
+#
+# A writer appending a record of tens of MiB writes it while its CRC is
+# computed (docs/FORMAT.md section 11): the payload is cut into slices,
+# the pool's threads take slices one after the other, the writing thread
+# joins them once its write returned (taking the slices nobody started),
+# and the slice CRCs are then joined in order.
+
+#: Slice size of an overlapped CRC: large enough that zlib releases the GIL
+#: and the per-slice cost (a future, a combine) is negligible, small enough
+#: that the writing thread finds work left to share when its write returns.
+OVERLAP_SLICE = 2 * 1024 * 1024
+
+
+def can_overlap() -> bool:
+    """Whether a CRC can run beside a write (a pool thread exists)."""
+    return _CRC_THREADS >= 2
+
+
+class OverlappedCrc:
+    """zlib.crc32 of the concatenation of ``parts`` from ``crc``, computed
+    by the CRC pool while the caller does something else (writes them);
+    :meth:`result` makes the caller help with what is left and returns the
+    CRC.  The buffers must stay unchanged until :meth:`result` returned."""
+
+    def __init__(self, parts, crc: int = 0,
+                 slice_bytes: int | None = None) -> None:
+        step = slice_bytes or OVERLAP_SLICE
+        self._start = crc
+        slices = []
+        for part in parts:
+            view = memoryview(part)
+            if view.ndim != 1 or view.itemsize != 1:
+                view = view.cast("B")
+            n = view.nbytes
+            for i in range(0, n, step):
+                slices.append(view[i:i + step])
+        self._slices = slices
+        self._crcs: list = [None] * len(slices)
+        self._next = iter(range(len(slices))).__next__  # atomic under the GIL
+        self._lock = threading.Lock()
+        pool = _pool()
+        workers = min(_CRC_THREADS - 1, len(slices))
+        self._futures = [pool.submit(self._work) for _ in range(workers)]
+
+    def _work(self) -> None:
+        slices, crcs = self._slices, self._crcs
+        while True:
+            with self._lock:
+                try:
+                    i = self._next()
+                except StopIteration:
+                    return
+            crcs[i] = crc32(slices[i])
+
+    def result(self) -> int:
+        self._work()
+        for fut in self._futures:
+            fut.result()
+        crc = self._start
+        for view, part in zip(self._slices, self._crcs):
+            crc = crc32_combine(crc, part, view.nbytes)
+        self._slices = []
+        return crc

@@ -18,6 +18,9 @@ class FileOps:
     open = staticmethod(os.open)
     write = staticmethod(os.write)
     writev = staticmethod(os.writev)
+    #: ``os.pwrite(fd, data, offset)``: write at an offset, the file
+    #: position unchanged (the CRC of a record written before its CRC).
+    pwrite = staticmethod(os.pwrite)
     fsync = staticmethod(os.fsync)
     fdatasync = staticmethod(getattr(os, "fdatasync", os.fsync))
     close = staticmethod(os.close)

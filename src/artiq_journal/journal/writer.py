@@ -4,7 +4,9 @@ Guarantees (docs/FORMAT.md, "Durability"):
 
 * ``append`` hands the whole framed record to the kernel with ``write``
   before it returns, under every fsync policy, so a process crash (SIGKILL,
-  segfault, OOM kill) loses nothing that was appended.
+  segfault, OOM kill) loses nothing that was appended.  A record of
+  OVERLAP_CRC_MIN bytes or more is written while its CRC is computed: its
+  CRC field is written last (pwrite), and the record counts only after.
 * ``fsync="always"``: ``append`` returns only after ``fdatasync``.
   ``fsync="group"``: a background thread syncs at most ``group_interval``
   seconds after a record was written; ``durable_seq`` says how far.
@@ -54,8 +56,9 @@ from .constants import (CRC_FIELD, DEFAULT_MAX_RECORD_BYTES, RECORD_HEADER_SIZE,
                         REC_HEARTBEAT, REC_POINT_BEGIN, REC_POINT_END,
                         REC_SEGMENT_SYNCED, SEGMENT_FLAG_BACKGROUND_SYNC,
                         SEGMENT_HEADER_SIZE)
-from .framing import (crc32, crc32_parts, decode_segment_header,
-                      encode_record, encode_segment_header, segment_name)
+from .framing import (PARALLEL_CRC_MIN, OverlappedCrc, can_overlap, crc32,
+                      crc32_parts, decode_segment_header, encode_record,
+                      encode_segment_header, segment_name)
 from .fsio import OS_FILE_OPS, FileOps, missing_directories
 from .codec import MAX_NESTING
 from .reader import JournalReader, Position, _vouching, list_segments
@@ -83,6 +86,10 @@ BACKGROUND_ROTATION_MIN_BYTES = 1 << 20
 #: rotation beyond waits for the oldest (bounds threads and descriptors;
 #: the kernel's dirty-page limits bound the memory).
 MAX_BACKGROUND_SYNCS = 16
+#: Records with a payload at least this large are written while their CRC
+#: is computed, the CRC written last (FORMAT.md section 11; tests lower it
+#: to put small records through that path).
+OVERLAP_CRC_MIN = PARALLEL_CRC_MIN
 
 _live_writers: "weakref.WeakSet[JournalWriter]" = weakref.WeakSet()
 
@@ -724,13 +731,18 @@ class JournalWriter:
             raise self._broken
         seq = self._seq + 1
         tail = self._tail_pack(length, seq, rtype, 0, 0)
-        crc = crc32_parts(parts, crc32(tail))
-        views = [memoryview(self._crc_pack(crc) + tail)]
-        views.extend(memoryview(p) for p in parts)
-        try:
-            self._writev_all(self._fd, views)
-        except OSError as exc:
-            self._fail(exc, self._segment_path(), "write")
+        if length >= OVERLAP_CRC_MIN and can_overlap():
+            self._write_overlapped(tail, parts)
+        else:
+            crc = crc32_parts(parts, crc32(tail))
+            views = [memoryview(self._crc_pack(crc) + tail)]
+            views.extend(memoryview(p) for p in parts)
+            try:
+                self._writev_all(self._fd, views)
+            except OSError as exc:
+                self._fail(exc, self._segment_path(), "write")
+        # Counted (and so acknowledgeable: durable_seq, sync, "always")
+        # only now that every byte of it, its CRC included, was written.
         self._seq = seq
         self._offset += RECORD_HEADER_SIZE + length
         if self._always:
@@ -738,6 +750,47 @@ class JournalWriter:
         if self._offset >= self.segment_bytes:
             self._rotate()
         return seq
+
+    def _write_overlapped(self, tail: bytes, parts: list) -> None:
+        """Write a large record while its CRC is computed (FORMAT.md
+        section 11): the header with a zero CRC field and the payload
+        first, the CRC computed meanwhile by the CRC threads, then the 4
+        CRC bytes with pwrite at the record's offset.  Until they land the
+        record is a torn last record (never acknowledged: the caller counts
+        it only after this returns).  Anything going wrong from the first
+        byte on stops the writer: the file holds a record the writer
+        cannot count, so nothing may follow it."""
+        record_offset = self._offset
+        views = [memoryview(bytes(4) + tail)]
+        views.extend(memoryview(p) for p in parts)
+        crc = OverlappedCrc(parts, crc32(tail))
+        try:
+            try:
+                self._writev_all(self._fd, views)
+            except OSError as exc:
+                self._fail(exc, self._segment_path(), "write")
+            field = self._crc_pack(crc.result())
+            try:
+                self._pwrite_all(self._fd, field, record_offset)
+            except OSError as exc:
+                self._fail(exc, self._segment_path(), "write (record CRC)")
+        except BaseException as exc:
+            if self._broken is None:
+                err = JournalFailed(
+                    "append interrupted while its record was being written "
+                    f"({type(exc).__name__}; journal stopped; nothing more "
+                    "will be appended)", path=self._segment_path())
+                err.__cause__ = exc
+                self._broken = err
+            raise
+
+    def _pwrite_all(self, fd: int, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            n = self.ops.pwrite(fd, view, offset)
+            if n <= 0:
+                raise OSError(28, "short write")
+            view, offset = view[n:], offset + n
 
     def _writev_all(self, fd: int, views: list) -> None:
         # writev may stop short (signals, >2 GiB): resume after what went.
