@@ -555,38 +555,10 @@ class JournalWriter:
         except BaseException:
             self._reset_packer()
             raise
-        length = len(payload)
-        if length > MAX_NESTING:
+        if len(payload) > MAX_NESTING:
             codec.check_nesting(payload, obj)
-        if length > self.max_record_bytes:
-            raise RecordTooLarge(
-                f"record of {length} bytes exceeds the maximum record size "
-                f"{self.max_record_bytes}", path=self.path)
-        # The body of _append_payload, inlined: this is the hot path, and a
-        # call per record costs more than the exclusion (two stores and a
-        # load; see _heartbeat).
-        self._in_append = True
-        try:
-            if self._beating:
-                self._wait_for_heartbeat()
-            seq = self._seq + 1
-            body = self._tail_pack(length, seq, rtype, 0, 0) + payload
-            data = self._crc_pack(crc32(body)) + body
-            try:
-                written = self._write(self._fd, data)
-                if written != len(data):
-                    self._write_all(self._fd, memoryview(data)[written:])
-            except OSError as exc:
-                self._fail(exc, self._segment_path(), "write")
-            self._seq = seq
-            offset = self._offset = self._offset + len(data)
-            if self._always:
-                self._sync_appended(seq)
-            if offset >= self.segment_bytes:
-                self._rotate()
-            return seq
-        finally:
-            self._in_append = False
+        # The dataset hooks call append_encoded directly (the hot path).
+        return self.append_encoded(rtype, payload)
 
     def append_encoded(self, rtype: int, payload: bytes) -> int:
         """:meth:`append` of a value already encoded: ``payload`` must be
@@ -601,7 +573,9 @@ class JournalWriter:
             raise RecordTooLarge(
                 f"record of {length} bytes exceeds the maximum record size "
                 f"{self.max_record_bytes}", path=self.path)
-        # As in append(), inlined.
+        # The body of _append_payload, inlined: this is the hot path, and a
+        # call per record costs more than the exclusion (two stores and a
+        # load; see _heartbeat).
         self._in_append = True
         try:
             if self._beating:
