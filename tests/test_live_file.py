@@ -38,8 +38,12 @@ def _watch(running, results, expect_values):
             continue
         try:
             f = h5py.File(path, "r")
-        except FileNotFoundError:
-            continue  # removed at the end of the run
+        except OSError:
+            # Removed at the end of the run, between the glob and the open
+            # (HDF5 may say "can't retrieve stat info" rather than ENOENT).
+            if not os.path.exists(path):
+                continue
+            raise
         with f:
             # Never a half file: every object is there and readable.
             ys = f["datasets/ys"][()] if "datasets/ys" in f else np.zeros(0)
