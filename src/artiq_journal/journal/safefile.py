@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import Any, Callable
 
 from ..errors import NotRegularFile
 
@@ -153,10 +154,13 @@ def create_exclusive(name: str, *, dir_fd: int | None = None,
                    | O_CLOEXEC | O_BINARY, mode, dir_fd=dir_fd)
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: Any, write: Callable[[int, Any], int] = os.write
+              ) -> None:
+    """Write all of ``data`` (resuming after short writes) with ``write``
+    (``os.write``, or a FileOps' for the power-loss simulation)."""
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        written = write(fd, view)
         if written <= 0:
             raise OSError(errno.EIO, "write made no progress")
         view = view[written:]

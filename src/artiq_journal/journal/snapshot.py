@@ -16,7 +16,6 @@ why.
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from .constants import (DEFAULT_MAX_SNAPSHOT_BYTES, SNAPSHOT_VERSION,
 from .framing import crc32, crc32_combine
 from .fsio import OS_FILE_OPS, FileOps
 from .safefile import (CREATE_MODE, O_CLOEXEC, O_NOFOLLOW,
-                       open_regular_file)
+                       open_regular_file, write_all)
 
 #: Header bytes covered by the CRC (everything before the CRC field).
 _CRC_COVERED = 32
@@ -182,9 +181,9 @@ def write_snapshot(journal_dir: str, seq: int, state: Any, *,
                                         seq, length[0], 0)[:_CRC_COVERED]
             crc = crc32_combine(crc32(head), length[1], length[0])
             os.lseek(fd, 0, os.SEEK_SET)
-            _write_all(fd, SNAPSHOT_HEADER.pack(
+            write_all(fd, SNAPSHOT_HEADER.pack(
                 SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, 0, seq, length[0], crc),
-                ops)
+                ops.write)
             if sync:
                 step = "fsync"
                 # The data must be durable before the renames make it the
@@ -224,15 +223,6 @@ _WRITE_SLICE = 1 << 20
 _WRITEBACK_BYTES = 8 << 20
 
 
-def _write_all(fd: int, data: Any, ops: FileOps) -> None:
-    view = memoryview(data)
-    while view:
-        written = ops.write(fd, view)
-        if written <= 0:
-            raise OSError(errno.EIO, "write made no progress")
-        view = view[written:]
-
-
 if sys.platform.startswith("linux") and hasattr(os, "posix_fadvise"):
     def _start_writeback(fd: int, offset: int, length: int) -> None:
         """Start writing a just-written range to disk, without waiting.
@@ -270,12 +260,12 @@ class _PayloadSink:
         size = piece.nbytes
         if size <= _WRITE_SLICE:
             self.crc = crc32(piece, self.crc)
-            _write_all(self.fd, piece, self.ops)
+            write_all(self.fd, piece, self.ops.write)
         else:
             for start in range(0, size, _WRITE_SLICE):
                 part = piece[start:start + _WRITE_SLICE]
                 self.crc = crc32(part, self.crc)
-                _write_all(self.fd, part, self.ops)
+                write_all(self.fd, part, self.ops.write)
         self.length += size
         if self.length - self._hinted >= _WRITEBACK_BYTES:
             _start_writeback(self.fd, SNAPSHOT_HEADER_SIZE + self._hinted,
@@ -286,7 +276,7 @@ class _PayloadSink:
 def _write_payload(fd: int, state: Any, ops: FileOps) -> tuple[int, int]:
     """Write a zeroed header, then ``state``'s encoding after it; return
     (payload length, CRC of the payload)."""
-    _write_all(fd, bytes(SNAPSHOT_HEADER_SIZE), ops)
+    write_all(fd, bytes(SNAPSHOT_HEADER_SIZE), ops.write)
     sink = _PayloadSink(fd, ops)
     codec.snapshot_stream_pack(state, sink)
     return sink.length, sink.crc
